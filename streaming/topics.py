@@ -1,0 +1,48 @@
+"""Topic administration: the interactions topic and its dead-letter twin, created up front.
+
+Partition counts are fixed at creation (Tansu cannot grow them, and key-by-user ordering
+depends on a stable count), so we create both topics before anything produces to them.
+"""
+
+from __future__ import annotations
+
+from kafka import KafkaAdminClient
+from kafka.admin import NewTopic
+from kafka.errors import KafkaError, NoBrokersAvailable, TopicAlreadyExistsError
+
+from streaming.kafka_config import KafkaConfig
+
+
+class BrokerUnavailable(ConnectionError):
+    """No Kafka broker answered at the configured bootstrap address."""
+
+
+def dead_letter_topic(topic: str) -> str:
+    return f"{topic}.dlq"
+
+
+def ensure_topics(kafka: KafkaConfig, topic: str, partitions: int) -> None:
+    """Create ``topic`` and ``<topic>.dlq`` if they do not exist yet."""
+    try:
+        admin = KafkaAdminClient(**kafka.client_options())
+    except NoBrokersAvailable:
+        raise BrokerUnavailable(
+            f"no Kafka broker at {kafka.bootstrap}: start one with `stackrec up` "
+            "or set STACKREC_KAFKA_BOOTSTRAP"
+        ) from None
+    try:
+        existing = set(admin.list_topics())
+        wanted = [
+            NewTopic(name, partitions, 1)
+            for name in (topic, dead_letter_topic(topic))
+            if name not in existing
+        ]
+        if wanted:
+            try:
+                admin.create_topics(wanted)
+            except TopicAlreadyExistsError:
+                pass  # another process created it between list and create
+    except KafkaError as error:
+        raise BrokerUnavailable(f"Kafka at {kafka.bootstrap} failed: {error}") from None
+    finally:
+        admin.close()
