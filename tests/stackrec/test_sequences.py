@@ -1,0 +1,64 @@
+import numpy as np
+import pytest
+import torch
+
+from stackrec.sequences import Sequences, UnknownUserError
+
+# user 7: items 1, 2, 3, 4, 5 (in time order, given shuffled); user 3: items 9, 8
+USERS = np.array([7, 3, 7, 7, 3, 7, 7])
+ITEMS = np.array([3, 8, 1, 2, 9, 5, 4])
+TS = np.array([30, 20, 10, 20, 10, 50, 40])
+
+
+def make() -> Sequences:
+    return Sequences.from_arrays(USERS, ITEMS, TS)
+
+
+def test_from_arrays_groups_by_user_and_orders_by_time():
+    seqs = make()
+    np.testing.assert_array_equal(seqs.users, [3, 7])
+    np.testing.assert_array_equal(seqs.offsets, [0, 2, 7])
+    np.testing.assert_array_equal(seqs.items, [9, 8, 1, 2, 3, 4, 5])
+    np.testing.assert_array_equal(ITEMS[seqs.order], seqs.items)
+
+
+def test_ties_keep_input_order():
+    seqs = Sequences.from_arrays(np.array([1, 1, 1]), np.array([5, 6, 7]), np.array([0, 0, 0]))
+    np.testing.assert_array_equal(seqs.items, [5, 6, 7])
+
+
+def test_windows_cover_every_target_once():
+    w = make().windows(max_len=2)
+    assert w.dtype == torch.int64
+    assert w.tolist() == [[0, 9, 8], [3, 4, 5], [1, 2, 3]]
+    targets = w[:, 1:][(w[:, :-1] != 0) & (w[:, 1:] != 0)]
+    assert sorted(targets.tolist()) == [2, 3, 4, 5, 8]  # every item but each user's first
+
+
+def test_windows_for_selected_users_and_short_histories():
+    seqs = Sequences.from_arrays(np.array([1, 2, 2]), np.array([4, 5, 6]), np.array([0, 0, 1]))
+    assert seqs.windows(3).tolist() == [[0, 0, 5, 6]]  # user 1 has one item: no window
+    assert seqs.windows(3, users=np.array([2])).tolist() == [[0, 0, 5, 6]]
+    assert seqs.windows(3, users=np.array([1])).shape == (0, 4)
+    with pytest.raises(UnknownUserError, match="99"):
+        seqs.windows(3, users=np.array([99]))
+
+
+def test_latest_is_left_padded_tail():
+    assert make().latest(np.array([7, 3]), 3).tolist() == [[3, 4, 5], [0, 9, 8]]
+
+
+def test_contexts_for_flagged_events():
+    is_new = np.zeros(len(USERS), bool)
+    is_new[[2, 5, 1]] = True  # user 7's first item (no context), its last, user 3's last
+    contexts, targets, kept = make().contexts_for(is_new, max_len=3)
+    np.testing.assert_array_equal(kept, [1, 5])
+    assert targets.tolist() == [8, 5]
+    assert contexts.tolist() == [[0, 0, 9], [2, 3, 4]]
+
+
+def test_rejects_padding_items_and_mismatched_shapes():
+    with pytest.raises(ValueError, match="padding"):
+        Sequences.from_arrays(np.array([1]), np.array([0]), np.array([0]))
+    with pytest.raises(ValueError, match="shapes"):
+        Sequences.from_arrays(np.array([1, 2]), np.array([1]), np.array([0]))

@@ -1,0 +1,118 @@
+"""Training: it learns, it is deterministic, it resumes exactly, it carries state across growth."""
+
+import io
+
+import numpy as np
+import pytest
+import torch
+
+from stackrec.checkpoint import from_payload, to_payload
+from stackrec.evaluate import next_item_metrics, rank_targets
+from stackrec.sequences import Sequences
+from stackrec.train import NoTargetsError, TrainConfig, Trainer
+from stackrec.vocab import Vocabulary
+
+N_ITEMS = 30  # n_items of the small models that conftest builds
+
+
+def cyclic_windows(n_users: int = 40, length: int = 9, max_len: int = 8) -> torch.Tensor:
+    """Histories where item i is always followed by i + 1 (mod 29): a pattern to learn."""
+    starts = np.arange(n_users) % (N_ITEMS - 1)
+    items = (starts[:, None] + np.arange(length)) % (N_ITEMS - 1) + 1
+    users = np.repeat(np.arange(n_users), length)
+    ts = np.tile(np.arange(length), n_users)
+    return Sequences.from_arrays(users, items.ravel(), ts).windows(max_len)
+
+
+def test_training_learns_a_deterministic_successor(build):
+    model = build()
+    windows = cyclic_windows()
+    result = Trainer(model, TrainConfig(lr=1e-2, batch_size=16), device="cpu").fit(
+        windows, epochs=15
+    )
+    assert result.steps == 45 and result.targets == 15 * 40 * 8
+    contexts = windows[:, :-1]
+    ranks = rank_targets(model, contexts, windows[:, -1])
+    assert next_item_metrics(ranks, ks=(1,))["hr@1"] > 0.9
+
+
+def test_sampled_softmax_learns_too(build):
+    model = build()
+    windows = cyclic_windows()
+    config = TrainConfig(lr=1e-2, batch_size=16, loss="sampled", n_negatives=8)
+    Trainer(model, config, device="cpu").fit(windows, epochs=15)
+    ranks = rank_targets(model, windows[:, :-1], windows[:, -1])
+    assert next_item_metrics(ranks, ks=(1,))["hr@1"] > 0.8
+
+
+def losses_of(trainer: Trainer, windows: torch.Tensor, **fit) -> list[float]:
+    losses: list[float] = []
+    trainer.fit(windows, on_step=lambda step, loss: losses.append(loss), **fit)
+    return losses
+
+
+@pytest.mark.parametrize("loss", ["full", "sampled"])
+def test_same_seed_same_loss_curve(loss, build):
+    config = TrainConfig(batch_size=16, loss=loss, n_negatives=8)
+    a = losses_of(Trainer(build(dropout=0.2), config, device="cpu"), cyclic_windows())
+    b = losses_of(Trainer(build(dropout=0.2), config, device="cpu"), cyclic_windows())
+    assert a == b and len(a) == 3
+
+
+@pytest.mark.parametrize("loss", ["full", "sampled"])
+def test_resume_from_a_checkpoint_continues_the_same_loss_curve(loss, build):
+    config, windows = TrainConfig(batch_size=16, loss=loss, n_negatives=8), cyclic_windows()
+    straight = losses_of(Trainer(build(dropout=0.2), config, device="cpu"), windows, epochs=2)
+
+    first = Trainer(build(dropout=0.2), config, device="cpu")
+    head = losses_of(first, windows, epochs=2, max_steps=4)
+    buffer = io.BytesIO()
+    vocab = Vocabulary.from_ids(["<pad>", *map(str, range(1, N_ITEMS))])
+    torch.save(to_payload(first.model, vocab, first.optimizer_state()), buffer)
+    buffer.seek(0)
+    model, _, optimizer_state, _ = from_payload(torch.load(buffer, weights_only=True))
+    torch.manual_seed(123)  # whatever happens in between must not matter
+    tail = losses_of(Trainer(model, config, optimizer_state, device="cpu"), windows, epochs=2)
+    assert len(straight) == 6 and head + tail == straight
+
+
+def test_grown_vocabulary_keeps_optimizer_moments_of_old_rows(build):
+    trainer = Trainer(build(), TrainConfig(batch_size=16), device="cpu")
+    trainer.fit(cyclic_windows())
+    state = trainer.optimizer_state()
+    old = trainer.optimizer.state[trainer.model.embedding.weight]["exp_avg"].clone()
+    trainer.model.grow_items(N_ITEMS + 3)
+    grown = Trainer(trainer.model, TrainConfig(batch_size=16), state, device="cpu")
+    moments = grown.optimizer.state[grown.model.embedding.weight]["exp_avg"]
+    assert moments.shape == (N_ITEMS + 3, grown.model.config.dim)
+    assert torch.equal(moments[:N_ITEMS], old)
+    assert float(moments[N_ITEMS:].abs().sum()) == 0.0
+    grown.fit(cyclic_windows())  # and it trains on
+
+
+def test_function_preserving_growth_carries_moments_to_the_copies(build):
+    trainer = Trainer(build(), TrainConfig(batch_size=16), device="cpu")
+    trainer.fit(cyclic_windows())
+    state = trainer.optimizer_state()
+    grown_model = trainer.model.stack("adjacent", "function_preserving")
+    grown = Trainer(grown_model, TrainConfig(batch_size=16), state, device="cpu")
+    old_params = dict(trainer.model.named_parameters())
+    for name, param in grown_model.named_parameters():
+        source = name.replace("blocks.1.", "blocks.0.").replace("blocks.2.", "blocks.1.")
+        source = source.replace("blocks.3.", "blocks.1.")
+        expected = trainer.optimizer.state[old_params[source]]["exp_avg_sq"]
+        assert torch.equal(grown.optimizer.state[param]["exp_avg_sq"], expected), name
+
+
+def test_faithful_growth_resets_the_optimizer(build):
+    trainer = Trainer(build(), TrainConfig(batch_size=16), device="cpu")
+    trainer.fit(cyclic_windows())
+    grown_model = trainer.model.stack("adjacent", "faithful")
+    grown = Trainer(grown_model, TrainConfig(), trainer.optimizer_state(), device="cpu")
+    assert len(grown.optimizer.state) == 0
+
+
+def test_windows_without_targets_are_refused(build):
+    one_item_histories = torch.tensor([[0, 0, 5], [0, 0, 7]])
+    with pytest.raises(NoTargetsError, match="2 windows"):
+        Trainer(build(), device="cpu").fit(one_item_histories)
