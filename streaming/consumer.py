@@ -22,14 +22,14 @@ from dataclasses import dataclass, field
 import pyarrow as pa
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.consumer.subscription_state import ConsumerRebalanceListener
-from kafka.errors import KafkaError, NoBrokersAvailable
+from kafka.errors import KafkaError
 from kafka.structs import OffsetAndMetadata
 
 from monitoring import metrics
 from streaming.events import LOG_SCHEMA, Event, Rejection, parse_event
 from streaming.kafka_config import KafkaConfig
 from streaming.log import InteractionLog, Segment
-from streaming.topics import BrokerUnavailable, dead_letter_topic
+from streaming.topics import BrokerUnavailable, dead_letter_topic, require_broker
 
 
 @dataclass(frozen=True)
@@ -80,6 +80,7 @@ def ingest_batch(
 ) -> IngestResult:
     """Consume one bounded batch into ``log`` and commit it; see the module docstring."""
     started = time.perf_counter()
+    require_broker(kafka)
     try:
         consumer = KafkaConsumer(
             group_id=config.group_id,
@@ -90,7 +91,7 @@ def ingest_batch(
             max_poll_records=min(config.max_events, 10_000),
             **kafka.client_options(),
         )
-    except NoBrokersAvailable:
+    except KafkaError:
         raise BrokerUnavailable(
             f"no Kafka broker at {kafka.bootstrap}: start one with `stackrec up`"
         ) from None

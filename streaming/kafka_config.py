@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,6 +16,21 @@ class KafkaConfig:
     sasl_password: str | None = None
     ssl_cafile: str | None = None
     request_timeout_ms: int = 15_000
+
+    def reachable(self, timeout_s: float = 2.0) -> bool:
+        """Whether any bootstrap address accepts a TCP connection.
+
+        kafka-python takes ~30 s to give up on an absent broker; this answers in seconds, so
+        a broker that is down is a quick, clear error instead of a long hang.
+        """
+        for address in self.bootstrap.split(","):
+            host, _, port = address.strip().rpartition(":")
+            try:
+                with socket.create_connection((host or "127.0.0.1", int(port)), timeout_s):
+                    return True
+            except (OSError, ValueError):
+                continue
+        return False
 
     def client_options(self) -> dict[str, Any]:
         """Keyword arguments common to kafka-python's producer, consumer and admin client."""

@@ -12,22 +12,23 @@ from collections.abc import Callable, Iterable
 from types import TracebackType
 
 from kafka import KafkaProducer
-from kafka.errors import KafkaError, NoBrokersAvailable
+from kafka.errors import KafkaError
 
 from streaming.events import Event, encode_event
 from streaming.kafka_config import KafkaConfig
-from streaming.topics import BrokerUnavailable
+from streaming.topics import BrokerUnavailable, require_broker
 
 
 class EventProducer:
     def __init__(self, kafka: KafkaConfig, topic: str) -> None:
         self.topic = topic
         self.bootstrap = kafka.bootstrap
+        require_broker(kafka)
         try:
             self._producer = KafkaProducer(
                 acks="all", linger_ms=20, batch_size=256 * 1024, **kafka.client_options()
             )
-        except NoBrokersAvailable:
+        except KafkaError:
             raise BrokerUnavailable(
                 f"no Kafka broker at {kafka.bootstrap}: start one with `stackrec up`"
             ) from None

@@ -125,13 +125,16 @@ def read_record(run_dir: Path, name: str) -> ServiceRecord | None:
 
 
 def is_running(record: ServiceRecord) -> bool:
-    """True if the recorded pid is alive *and* still runs the command we started."""
+    """True if the recorded pid is alive *and* still runs the binary we started.
+
+    Compares executables, not command lines: redis-server rewrites its process title.
+    """
     try:
-        cmdline = Path(f"/proc/{record.pid}/cmdline").read_bytes().split(b"\0")
+        exe = os.readlink(f"/proc/{record.pid}/exe")
+        state = Path(f"/proc/{record.pid}/stat").read_text().split(") ")[-1][:1]
     except OSError:
         return False
-    state = Path(f"/proc/{record.pid}/stat").read_text().split(") ")[-1][:1]
-    return state != "Z" and bool(cmdline) and cmdline[0].decode() == record.command[0]
+    return state != "Z" and exe == os.path.realpath(record.command[0])
 
 
 def port_open(host: str, port: int) -> bool:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from kafka import KafkaAdminClient
 from kafka.admin import NewTopic
-from kafka.errors import KafkaError, NoBrokersAvailable, TopicAlreadyExistsError
+from kafka.errors import KafkaError, TopicAlreadyExistsError
 
 from streaming.kafka_config import KafkaConfig
 
@@ -21,11 +21,21 @@ def dead_letter_topic(topic: str) -> str:
     return f"{topic}.dlq"
 
 
+def require_broker(kafka: KafkaConfig) -> None:
+    """Fail fast, in one line, when no broker listens at the bootstrap address."""
+    if not kafka.reachable():
+        raise BrokerUnavailable(
+            f"no Kafka broker at {kafka.bootstrap}: start one with `stackrec up` "
+            "or set STACKREC_KAFKA_BOOTSTRAP"
+        )
+
+
 def ensure_topics(kafka: KafkaConfig, topic: str, partitions: int) -> None:
     """Create ``topic`` and ``<topic>.dlq`` if they do not exist yet."""
+    require_broker(kafka)
     try:
         admin = KafkaAdminClient(**kafka.client_options())
-    except NoBrokersAvailable:
+    except KafkaError:
         raise BrokerUnavailable(
             f"no Kafka broker at {kafka.bootstrap}: start one with `stackrec up` "
             "or set STACKREC_KAFKA_BOOTSTRAP"

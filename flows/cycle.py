@@ -1,0 +1,244 @@
+"""The continual cycle, as the data-flow picture draws it:
+
+    consume -> validate -> log -> commit   (streaming.consumer.ingest_batch)
+    -> grow vocabulary, build sequences -> prequential evaluation -> fine-tune
+    -> register a candidate -> publish to Redis, flip current -> promote -> metrics
+
+Publishing comes before promotion: if Redis fails, the registry's serving version, Redis
+``current`` and the log's trained-through cursor all stay where they were, and the next cycle
+redoes the work from the log. Each task calls one library function; retries only on the
+network edges, never on bad data.
+"""
+
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import pyarrow as pa
+from prefect import flow, task
+from prefect.cache_policies import NO_CACHE
+
+from flows.settings import Settings
+from monitoring import metrics
+from stackrec import continual
+from stackrec.continual import CycleConfig, CycleData, Learner
+from streaming.consumer import IngestResult, ingest_batch
+from streaming.log import InteractionLog
+from streaming.redis_store import ServingUnavailable, Snapshot, publish
+from streaming.topics import BrokerUnavailable
+
+_NETWORK = {"retries": 2, "retry_delay_seconds": [2, 10], "cache_policy": NO_CACHE,
+            "retry_condition_fn": lambda task, run, state: _is_transient(state)}
+_LOCAL = {"cache_policy": NO_CACHE}
+
+
+@dataclass
+class CycleReport:
+    model: str
+    outcome: str  # published | noop
+    version: int | None = None
+    parent: int | None = None
+    events: dict[str, Any] = field(default_factory=dict)
+    offsets: dict[str, Any] = field(default_factory=dict)
+    prequential: dict[str, dict[str, float]] = field(default_factory=dict)
+    training: dict[str, float] = field(default_factory=dict)
+    model_shape: dict[str, int] = field(default_factory=dict)
+    published: dict[str, Any] = field(default_factory=dict)
+    stages_s: dict[str, float] = field(default_factory=dict)
+    wall_s: float = 0.0
+
+
+@flow(name="continual-cycle")
+def continual_cycle(overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """One cycle; ``overrides`` are settings (as the CLI flags or deployment parameters)."""
+    settings = Settings.load(**(overrides or {}))
+    report = CycleReport(model=settings.model, outcome="noop")
+    clock = _StageClock(settings.model, report.stages_s)
+    started = time.perf_counter()
+    try:
+        ingested = ingest(settings, clock)
+        report.events = _event_counts(ingested)
+        report.offsets = {"batch": ingested.offsets, "committed": ingested.committed}
+        learner = load_learner(settings)
+        report.parent = learner.parent
+        history, fresh, through = read_log(settings, learner.trained_through)
+        report.events["to_train"] = fresh.num_rows
+        if fresh.num_rows:
+            with clock("sequences"):
+                data = prepare(learner, history, fresh)
+            with clock("evaluate"):
+                report.prequential = evaluate(learner, data)
+            with clock("train"):
+                report.training = fine_tune(learner, data, settings)
+            with clock("register"):
+                version = register(settings, learner, report, through, fresh)
+            with clock("publish"):
+                report.published = publish_version(settings, learner, data, version)
+            promote(settings, version, through)
+            report.version, report.outcome = version, "published"
+            report.model_shape = _shape(learner)
+            _record_model(settings.model, report, fresh)
+        metrics.CYCLES.labels(settings.model, report.outcome).inc()
+        metrics.LAST_SUCCESS.labels(settings.model).set_to_current_time()
+    except Exception:
+        metrics.CYCLES.labels(settings.model, "failed").inc()
+        raise
+    finally:
+        report.wall_s = round(time.perf_counter() - started, 3)
+        metrics.CYCLE_DURATION.labels(settings.model).observe(report.wall_s)
+        if settings.pushgateway:
+            metrics.push(settings.pushgateway, job="stackrec", instance=settings.model)
+    return asdict(report)
+
+
+# --- tasks: each calls one library function -------------------------------------------------
+@task(**_NETWORK)
+def ingest(settings: Settings, clock: _StageClock) -> IngestResult:
+    return ingest_batch(settings.kafka(), settings.consumer(), InteractionLog(settings.log_dir),
+                        on_stage=clock.record)
+
+
+@task(**_LOCAL)
+def load_learner(settings: Settings) -> Learner:
+    return continual.resume(settings.registry(), _cycle_config(settings))
+
+
+@task(**_LOCAL)
+def read_log(settings: Settings, trained_through: int) -> tuple[pa.Table, pa.Table, int]:
+    """Events the learner has trained on, events it has not, and the last segment id."""
+    log = InteractionLog(settings.log_dir)
+    through = log.manifest().ingested_through
+    return log.read(through=trained_through), log.read(after=trained_through), through
+
+
+@task(**_LOCAL)
+def prepare(learner: Learner, history: pa.Table, fresh: pa.Table) -> CycleData:
+    return continual.prepare(learner, history, fresh)
+
+
+@task(**_LOCAL)
+def evaluate(learner: Learner, data: CycleData) -> dict[str, dict[str, float]]:
+    return continual.prequential(learner, data)
+
+
+@task(**_LOCAL)
+def fine_tune(learner: Learner, data: CycleData, settings: Settings) -> dict[str, float]:
+    result = continual.fine_tune(learner, data, _cycle_config(settings))
+    if result is None:
+        return {"steps": 0, "targets": 0, "mean_loss": float("nan"), "seconds": 0.0}
+    return {**asdict(result), "targets_per_s": result.targets / max(result.seconds, 1e-9)}
+
+
+@task(**_LOCAL)
+def register(settings: Settings, learner: Learner, report: CycleReport, through: int,
+             fresh: pa.Table) -> int:
+    meta = {
+        "model": settings.model,
+        "trained_through": through,
+        "offsets": report.offsets.get("batch", {}),
+        "events_trained": fresh.num_rows,
+        "newest_event_ms": int(pa.compute.max(fresh.column("ts")).as_py()),
+        "prequential": report.prequential,
+        "training": report.training,
+        "depth": learner.model.depth,
+    }
+    version = continual.save(settings.registry(), learner, meta)
+    learner.parent = version
+    return version
+
+
+@task(**_NETWORK)
+def publish_version(settings: Settings, learner: Learner, data: CycleData,
+                    version: int) -> dict[str, Any]:
+    recs = continual.recommendations(learner, data, _cycle_config(settings))
+    snapshot = Snapshot(version, recs.item_ids, recs.item_vectors, recs.user_ids,
+                        recs.user_vectors, recs.top_k, recs.popular,
+                        meta={"model": settings.model, "depth": learner.model.depth})
+    redis = settings.redis()
+    started = time.perf_counter()
+    try:
+        publish(redis, snapshot)
+    except ServingUnavailable:
+        metrics.PUBLISH_FAILURES.labels(settings.model).inc()
+        raise
+    seconds = time.perf_counter() - started
+    metrics.PUBLISH_DURATION.labels(settings.model).observe(seconds)
+    metrics.PUBLISHED_VECTORS.labels(settings.model, "items").inc(len(recs.item_ids))
+    metrics.PUBLISHED_VECTORS.labels(settings.model, "users").inc(len(recs.user_ids))
+    return {"version": version, "prefix": redis.prefix, "items": len(recs.item_ids),
+            "users": len(recs.user_ids), "k": settings.top_k,
+            "dim": int(recs.item_vectors.shape[1]), "seconds": round(seconds, 3)}
+
+
+@task(**_LOCAL)
+def promote(settings: Settings, version: int, through: int) -> None:
+    settings.registry().promote(version)
+    InteractionLog(settings.log_dir).mark_trained(through)
+
+
+# --- helpers ------------------------------------------------------------------------------
+class _StageClock:
+    """Times stages into the report and the stage-duration histogram."""
+
+    def __init__(self, model: str, into: dict[str, float]) -> None:
+        self.model, self.into = model, into
+
+    @contextmanager
+    def __call__(self, stage: str):
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.record(stage, time.perf_counter() - started)
+
+    def record(self, stage: str, seconds: float) -> None:
+        self.into[stage] = round(self.into.get(stage, 0.0) + seconds, 4)
+        metrics.STAGE_DURATION.labels(self.model, stage).observe(seconds)
+
+
+def _cycle_config(settings: Settings) -> CycleConfig:
+    return CycleConfig(dim=settings.dim, blocks=settings.blocks, max_len=settings.max_len,
+                       train_steps=settings.train_steps, batch_size=settings.batch_size,
+                       lr=settings.lr, top_k=settings.top_k, seed=settings.seed)
+
+
+def _event_counts(ingested: IngestResult) -> dict[str, Any]:
+    return {"read": ingested.read, "logged": ingested.logged,
+            "dead_lettered": ingested.dead_lettered, "skipped_already_logged": ingested.skipped,
+            "dead_letter_reasons": ingested.reasons, "lag": ingested.lag,
+            "segment": ingested.segment}
+
+
+def _shape(learner: Learner) -> dict[str, int]:
+    return {"depth": learner.model.depth, "dim": learner.model.config.dim,
+            "items": len(learner.vocab) - 1,
+            "parameters": sum(p.numel() for p in learner.model.parameters())}
+
+
+def _record_model(model: str, report: CycleReport, fresh: pa.Table) -> None:
+    for items, values in report.prequential.items():
+        metrics.PREQUENTIAL_HR.labels(model, items).set(values.get("hr@10", 0.0))
+        metrics.PREQUENTIAL_NDCG.labels(model, items).set(values.get("ndcg@10", 0.0))
+        metrics.PREQUENTIAL_MRR.labels(model, items).set(values.get("mrr@10", 0.0))
+    metrics.TRAINING_LOSS.labels(model).set(report.training.get("mean_loss", float("nan")))
+    metrics.TRAINING_EXAMPLES.labels(model).inc(report.training.get("targets", 0))
+    metrics.MODEL_DEPTH.labels(model).set(report.model_shape["depth"])
+    metrics.MODEL_PARAMETERS.labels(model).set(report.model_shape["parameters"])
+    metrics.VOCABULARY_ITEMS.labels(model).set(report.model_shape["items"])
+    metrics.PUBLISHED_VERSION.labels(model).set(report.version or 0)
+    newest_s = pa.compute.max(fresh.column("ts")).as_py() / 1000
+    metrics.FRESHNESS.labels(model).set(max(0.0, time.time() - newest_s))
+
+
+def _is_transient(state) -> bool:
+    """Retry only when the broker or Redis was unreachable, never on bad data or bugs."""
+    try:
+        state.result()
+    except (BrokerUnavailable, ServingUnavailable):
+        return True
+    except Exception:
+        return False
+    return False
