@@ -15,10 +15,14 @@ import torch
 from torch import nn
 
 from stackrec.nextitnet import NextItNet, NextItNetConfig
+from stackrec.sasrec import SASRec, SASRecConfig
 from stackrec.vocab import PAD, Vocabulary
 
 FORMAT_VERSION = 1
-MODELS: dict[str, tuple[type[nn.Module], type]] = {"nextitnet": (NextItNet, NextItNetConfig)}
+MODELS: dict[str, tuple[type[nn.Module], type]] = {
+    "nextitnet": (NextItNet, NextItNetConfig),
+    "sasrec": (SASRec, SASRecConfig),
+}
 _REQUIRED = ("format", "kind", "config", "state_dict", "vocab")
 
 

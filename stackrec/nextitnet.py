@@ -140,8 +140,7 @@ class NextItNet(nn.Module):
         if n_items < old:
             raise ValueError(f"cannot shrink the item table from {old} to {n_items} rows")
         for table in (self.embedding, self.output):
-            grown = torch.empty(n_items, self.config.dim, device=table.weight.device)
-            grown = grown.to(table.weight.dtype)
+            grown = table.weight.detach().new_empty(n_items, self.config.dim)
             grown[:old] = table.weight.detach()
             self._init_items(grown, old)
             table.weight = nn.Parameter(grown)

@@ -9,19 +9,27 @@ import pytest
 import torch
 
 from stackrec.nextitnet import NextItNet, NextItNetConfig
+from stackrec.sasrec import SASRec, SASRecConfig
 
-MODEL_KINDS = ["nextitnet"]
+MODELS = {
+    "nextitnet": (NextItNet, NextItNetConfig),
+    "sasrec": (SASRec, SASRecConfig),
+    "sasrec-separate-output": (SASRec, SASRecConfig),
+    "sasrec-2-heads": (SASRec, SASRecConfig),
+}
+VARIANTS = {
+    "sasrec-separate-output": {"shared_embeddings": False},
+    "sasrec-2-heads": {"n_heads": 2},
+}
 SMALL = {"n_items": 30, "dim": 16, "n_blocks": 2, "max_len": 12}
 
 
 def build_model(kind: str, **overrides) -> torch.nn.Module:
     """A small seeded model of ``kind`` whose residual branches are switched on (alpha 0.5)."""
     torch.manual_seed(0)
-    settings = {**SMALL, **overrides}
-    if kind == "nextitnet":
-        model = NextItNet(NextItNetConfig(**settings))
-    else:
-        raise ValueError(f"unknown model kind {kind!r}")
+    settings = {**SMALL, **VARIANTS.get(kind, {}), **overrides}
+    model_cls, config_cls = MODELS[kind]
+    model = model_cls(config_cls(**settings))
     with torch.no_grad():  # alpha starts at 0 (identity blocks); make every block matter
         for name, param in model.named_parameters():
             if name.split(".")[-1].startswith("alpha"):
@@ -38,7 +46,7 @@ def make_batch(rows: int = 4, length: int = SMALL["max_len"], seed: int = 1) -> 
     return items
 
 
-@pytest.fixture(params=MODEL_KINDS)
+@pytest.fixture(params=list(MODELS))
 def kind(request) -> str:
     return request.param
 

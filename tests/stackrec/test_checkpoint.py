@@ -21,7 +21,9 @@ def test_weights_only_round_trip_restores_everything(kind, tmp_path, build, batc
     trainer = Trainer(model, TrainConfig(), device="cpu")
     trainer.fit(batch(rows=4, length=13))
     payload = to_payload(model, VOCAB, trainer.optimizer_state(), extra={"offsets": [1, 2]})
-    loaded, vocab, optimizer_state, extra = from_payload(round_trip(payload, tmp_path), kind=kind)
+    loaded, vocab, optimizer_state, extra = from_payload(
+        round_trip(payload, tmp_path), kind=model.kind
+    )
     assert loaded.config == model.config and loaded.depth == 4
     assert vocab.ids == VOCAB.ids
     assert extra == {"offsets": [1, 2]}

@@ -99,3 +99,13 @@ def test_growth_is_recorded_in_lineage_and_repeats(kind, build):
     grown = build().stack("adjacent").stack("cross")
     assert grown.depth == 8
     assert [e["operator"] for e in grown.config.lineage] == ["adjacent", "cross"]
+
+
+def test_nextitnet_blocks_keep_their_dilations_when_copied():
+    from stackrec.nextitnet import NextItNet, NextItNetConfig
+
+    model = NextItNet(NextItNetConfig(n_items=10, dim=8, n_blocks=2))
+    assert model.config.dilations == (1, 4)
+    assert model.stack("adjacent").config.dilations == (1, 1, 4, 4)
+    assert model.stack("cross").config.dilations == (1, 4, 1, 4)
+    assert model.stack("embeddings_only", "faithful").config.dilations == (1, 4, 1, 4)

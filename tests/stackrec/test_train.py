@@ -25,7 +25,7 @@ def cyclic_windows(n_users: int = 40, length: int = 9, max_len: int = 8) -> torc
 
 
 def test_training_learns_a_deterministic_successor(build):
-    model = build()
+    model = build(dropout=0.0)
     windows = cyclic_windows()
     result = Trainer(model, TrainConfig(lr=1e-2, batch_size=16), device="cpu").fit(
         windows, epochs=15
@@ -37,7 +37,7 @@ def test_training_learns_a_deterministic_successor(build):
 
 
 def test_sampled_softmax_learns_too(build):
-    model = build()
+    model = build(dropout=0.0)
     windows = cyclic_windows()
     config = TrainConfig(lr=1e-2, batch_size=16, loss="sampled", n_negatives=8)
     Trainer(model, config, device="cpu").fit(windows, epochs=15)
