@@ -15,9 +15,7 @@ import pytest
 import yaml
 from promql_names import defined_series, metric_names
 
-import monitoring
-
-GRAFANA = Path(monitoring.__file__).parent / "grafana"
+GRAFANA = Path(__file__).resolve().parents[2] / "monitoring" / "grafana"
 DASHBOARD = GRAFANA / "dashboards" / "stackrec.json"
 
 # Metrics defined in monitoring/metrics.py that the dashboard leaves out, each with the reason.

@@ -13,9 +13,7 @@ import pytest
 import yaml
 from promql_names import defined_series, metric_names
 
-import monitoring
-
-MONITORING = Path(monitoring.__file__).parent
+MONITORING = Path(__file__).resolve().parents[2] / "monitoring"
 CONFIG = MONITORING / "prometheus.yml"
 RULE_FILES = sorted((MONITORING / "rules").glob("*.yml"))
 RULE_TESTS = sorted((MONITORING / "rules" / "tests").glob("*.yml"))
