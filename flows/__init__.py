@@ -10,6 +10,7 @@ from pathlib import Path
 
 _home = Path(os.environ.get("STACKREC_HOME", ".stackrec")).absolute()
 os.environ.setdefault("PREFECT_HOME", str(_home / "prefect"))
+Path(os.environ["PREFECT_HOME"]).mkdir(parents=True, exist_ok=True)
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")

@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
@@ -140,7 +141,7 @@ def register(settings: Settings, learner: Learner, report: CycleReport, through:
         "trained_through": through,
         "offsets": report.offsets.get("batch", {}),
         "events_trained": fresh.num_rows,
-        "newest_event_ms": int(pa.compute.max(fresh.column("ts")).as_py()),
+        "newest_event_ms": int(pc.max(fresh.column("ts")).as_py()),
         "prequential": report.prequential,
         "training": report.training,
         "depth": learner.model.depth,
@@ -229,7 +230,7 @@ def _record_model(model: str, report: CycleReport, fresh: pa.Table) -> None:
     metrics.MODEL_PARAMETERS.labels(model).set(report.model_shape["parameters"])
     metrics.VOCABULARY_ITEMS.labels(model).set(report.model_shape["items"])
     metrics.PUBLISHED_VERSION.labels(model).set(report.version or 0)
-    newest_s = pa.compute.max(fresh.column("ts")).as_py() / 1000
+    newest_s = pc.max(fresh.column("ts")).as_py() / 1000
     metrics.FRESHNESS.labels(model).set(max(0.0, time.time() - newest_s))
 
 
