@@ -7,13 +7,17 @@ items scoring at least as high), so a model that scores everything equally ranks
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 from torch import nn
 
 from stackrec.ranking import next_item_metrics
+from stackrec.splits import HeldOut
 
-__all__ = ["next_item_metrics", "rank_targets"]
+__all__ = ["Protocol", "evaluate_held_out", "next_item_metrics", "rank_targets"]
 
 
 @torch.no_grad()
@@ -24,11 +28,13 @@ def rank_targets(
     exclude_history: bool = False,
     batch_size: int = 512,
     device: str | torch.device | None = None,
+    exclude: torch.Tensor | None = None,
 ) -> np.ndarray:
     """1-based rank of each target among all real items, given its left-padded context.
 
     With ``exclude_history`` the items in a row's context are removed from the ranking (the
-    published full-ranking protocols do this), except the target itself if it repeats one.
+    published full-ranking protocols do this), except the target itself if it repeats one;
+    ``exclude`` (``[N, H]``, 0-padded) removes other items per row, e.g. a longer history.
     ``device`` defaults to where the model is; otherwise the model is moved there.
     """
     if len(contexts) != len(targets):
@@ -48,7 +54,11 @@ def rank_targets(
             context = contexts[start : start + batch_size].to(device)
             target = targets[start : start + batch_size].to(device)
             scores = model.user_vectors(context) @ items.T  # [B, n_items]
-            ranks.append(rank_rows(scores, target, context if exclude_history else None).cpu())
+            masked = context if exclude_history else None
+            if exclude is not None:
+                extra = exclude[start : start + batch_size].to(device)
+                masked = extra if masked is None else torch.cat([masked, extra], dim=1)
+            ranks.append(rank_rows(scores, target, masked).cpu())
     finally:
         model.train(was_training)
     return torch.cat(ranks).numpy() if ranks else np.zeros(0, dtype=np.int64)
@@ -65,3 +75,90 @@ def rank_rows(
         scores.scatter_(1, exclude, float("-inf"))
         scores.scatter_(1, targets[:, None], target_scores)
     return (scores >= target_scores).sum(1)
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """How held-out targets are ranked; ``describe()`` goes into every result."""
+
+    name: str = "full"  # "full": against every item; "sampled100": against sampled negatives
+    mask_history: bool = True  # full: drop the user's earlier items from the candidates
+    sampling: str = "popularity"  # sampled: negatives by "popularity" (BERT4Rec) or "uniform"
+    n_negatives: int = 100
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.name not in PROTOCOLS:
+            raise ValueError(f"protocol {self.name!r}; expected one of {PROTOCOLS}")
+        if self.sampling not in ("popularity", "uniform"):
+            raise ValueError(f"sampling={self.sampling!r}; expected 'popularity' or 'uniform'")
+
+    def describe(self) -> dict:
+        if self.name == "full":
+            return {"protocol": "full", "history_masked": self.mask_history}
+        return {
+            "protocol": self.name,
+            "negatives": self.n_negatives,
+            "negative_sampling": self.sampling,
+            "negatives_exclude_history": True,
+        }
+
+
+PROTOCOLS = ("full", "sampled100")
+
+
+@torch.no_grad()
+def evaluate_held_out(
+    model: nn.Module,
+    held: HeldOut,
+    protocol: Protocol = Protocol(),
+    item_counts: np.ndarray | None = None,
+    ks: Sequence[int] = (5, 10, 20),
+    batch_size: int = 512,
+    device: str | torch.device | None = None,
+) -> dict:
+    """Metrics of ``model`` on ``held`` under ``protocol``, with the protocol spelled out.
+
+    ``item_counts`` (``[n_items]``, training interactions per item) weight popularity sampling.
+    """
+    if protocol.name == "full":
+        exclude = held.seen if protocol.mask_history else None
+        ranks = rank_targets(model, held.contexts, held.targets, False, batch_size, device, exclude)
+    else:
+        ranks = _rank_sampled(model, held, protocol, item_counts, batch_size, device)
+    return {**next_item_metrics(ranks, ks), **protocol.describe()}
+
+
+def _rank_sampled(model, held, protocol, item_counts, batch_size, device) -> np.ndarray:
+    """Rank each target among ``n_negatives`` items drawn without replacement from the items
+    the user has not seen (Gumbel top-k over ``log weight``, seeded)."""
+    n_items = model.config.n_items
+    if protocol.sampling == "uniform":
+        weights = torch.ones(n_items)
+    elif item_counts is None or len(item_counts) != n_items:
+        raise ValueError(f"popularity sampling needs item_counts of length n_items={n_items}")
+    else:
+        weights = torch.as_tensor(np.asarray(item_counts), dtype=torch.float32)
+    log_w = weights.clamp(min=0).log()
+    log_w[0] = float("-inf")
+    generator = torch.Generator().manual_seed(protocol.seed)
+    ranks = []
+    for start in range(0, len(held), batch_size):
+        rows = slice(start, start + batch_size)
+        targets = held.targets[rows]
+        uniform = torch.rand(len(targets), n_items, generator=generator).clamp(min=1e-20)
+        keys = log_w - torch.log(-torch.log(uniform))
+        keys.scatter_(1, held.seen[rows], float("-inf"))
+        keys.scatter_(1, targets[:, None], float("-inf"))
+        negatives = keys.topk(protocol.n_negatives, dim=1).indices  # [B, n_negatives]
+        candidates = torch.cat([targets[:, None], negatives], dim=1)
+        scores = _full_scores(model, held.contexts[rows], device).cpu()
+        chosen = scores.gather(1, candidates)
+        ranks.append((chosen[:, 1:] >= chosen[:, :1]).sum(1) + 1)
+    return torch.cat(ranks).numpy() if ranks else np.zeros(0, dtype=np.int64)
+
+
+def _full_scores(model: nn.Module, contexts: torch.Tensor, device) -> torch.Tensor:
+    device = next(model.parameters()).device if device is None else torch.device(device)
+    model.to(device).eval()
+    return model.score(model.user_vectors(contexts.to(device))).float()

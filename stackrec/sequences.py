@@ -105,6 +105,25 @@ class Sequences:
         contexts = self._contexts(self.offsets[row], pos, max_len)
         return contexts, torch.from_numpy(self.items[pos]), flagged[has_context]
 
+    def head(self, drop_last: int | np.ndarray) -> Sequences:
+        """The histories without each user's last ``drop_last`` items (per user if an array);
+        users left with nothing are dropped."""
+        local = np.arange(len(self.items)) - np.repeat(self.offsets[:-1], self.lengths)
+        keep = local < np.repeat(self.lengths - drop_last, self.lengths)
+        lengths = np.maximum(self.lengths - drop_last, 0)
+        kept_users = lengths > 0
+        offsets = np.r_[0, np.cumsum(lengths[kept_users])].astype(np.int64)
+        return Sequences(self.users[kept_users], offsets, self.items[keep], self.order[keep])
+
+    def before(self, positions: np.ndarray, max_len: int | None = None) -> torch.Tensor:
+        """What each user did before flat position ``p``: the last ``max_len`` items, left
+        padded (``None``: everything, padded to the longest)."""
+        positions = np.asarray(positions, dtype=np.int64)
+        starts = self.offsets[np.searchsorted(self.offsets, positions, side="right") - 1]
+        if max_len is None:
+            max_len = int((positions - starts).max(initial=1))
+        return self._contexts(starts, positions, max(max_len, 1))
+
     def _contexts(self, starts: np.ndarray, ends: np.ndarray, max_len: int) -> torch.Tensor:
         """Items ``[start, end)`` of the flat array, the last ``max_len`` of them, left padded."""
         index = ends[:, None] - max_len + np.arange(max_len)

@@ -2,7 +2,8 @@ import numpy as np
 import pytest
 import torch
 
-from stackrec.evaluate import rank_rows, rank_targets
+from stackrec.evaluate import Protocol, evaluate_held_out, rank_rows, rank_targets
+from stackrec.splits import HeldOut
 
 SCORES = torch.tensor([[100.0, 5.0, 3.0, 3.0, 1.0]])  # column 0 is padding
 
@@ -42,3 +43,44 @@ def test_history_exclusion_never_worsens_a_rank(build, batch):
 def test_bad_targets_are_refused(build, batch):
     with pytest.raises(ValueError, match="item indices"):
         rank_targets(build(), batch(rows=2), torch.tensor([0, 1]))
+
+
+def held_out(batch, rows: int = 6) -> HeldOut:
+    contexts = batch(rows=rows)
+    return HeldOut(contexts, torch.arange(1, rows + 1), contexts, np.arange(rows))
+
+
+def test_full_protocol_says_whether_history_is_masked(build, batch):
+    model, held = build(), held_out(batch)
+    masked = evaluate_held_out(model, held, Protocol("full"), ks=(10,))
+    unmasked = evaluate_held_out(model, held, Protocol("full", mask_history=False), ks=(10,))
+    assert masked["history_masked"] is True and unmasked["history_masked"] is False
+    assert masked["mrr@10"] >= unmasked["mrr@10"] and masked["n"] == 6
+
+
+def test_sampling_every_unseen_item_equals_full_ranking_with_history_masked(build, batch):
+    model, held = build(), held_out(batch, rows=1)
+    n_unseen = model.config.n_items - 1 - len(set(held.seen[0].tolist()) - {0, 1}) - 1
+    full = rank_targets(model, held.contexts, held.targets, exclude=held.seen)
+    protocol = Protocol("sampled100", sampling="uniform", n_negatives=n_unseen)
+    sampled = evaluate_held_out(model, held, protocol, ks=(30,))
+    assert sampled["mrr@30"] == pytest.approx(1 / full[0])
+    assert sampled["negatives_exclude_history"] is True
+
+
+def test_popularity_sampling_never_draws_items_without_counts(build, batch):
+    model, held = build(), held_out(batch, rows=1)
+    seen = set(held.seen[0].tolist())
+    counts = np.zeros(model.config.n_items)
+    allowed = [i for i in range(2, model.config.n_items) if i not in seen][:5]
+    counts[allowed] = [5, 1, 1, 1, 1]
+    protocol = Protocol("sampled100", sampling="popularity", n_negatives=5)
+    ranks = evaluate_held_out(model, held, protocol, item_counts=counts, ks=(6,))
+    scores = model.score(model.user_vectors(held.contexts))[0].detach()
+    expected = 1 + int((scores[allowed] >= scores[1]).sum())
+    assert ranks["mrr@6"] == pytest.approx(1 / expected)
+
+
+def test_unknown_protocol_is_refused():
+    with pytest.raises(ValueError, match="'sampled50'"):
+        Protocol("sampled50")
