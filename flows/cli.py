@@ -27,15 +27,29 @@ from streaming.events import Event, InvalidEvent
 from streaming.log import LogError
 from streaming.producer import EventProducer, send_events
 from streaming.redis_store import NotPublished, ServingUnavailable
-from streaming.serving import recommend as read_recommendation
 from streaming.services import ServiceError
+from streaming.serving import recommend as read_recommendation
 from streaming.topics import BrokerUnavailable, ensure_topics
 
-app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_is_help=True,
-                  help="Continual learning for sequential recommenders on event streams.")
+app = typer.Typer(
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    no_args_is_help=True,
+    help="Continual learning for sequential recommenders on event streams.",
+)
 
-USER_ERRORS = (SettingsError, DatasetError, ServiceError, BrokerUnavailable, ServingUnavailable,
-               NotPublished, RegistryError, LogError, InvalidEvent, FileNotFoundError)
+USER_ERRORS = (
+    SettingsError,
+    DatasetError,
+    ServiceError,
+    BrokerUnavailable,
+    ServingUnavailable,
+    NotPublished,
+    RegistryError,
+    LogError,
+    InvalidEvent,
+    FileNotFoundError,
+)
 _OVERRIDES: dict[str, Any] = {}
 
 
@@ -70,13 +84,16 @@ def main(
     bootstrap: Annotated[str | None, typer.Option(help="Kafka bootstrap servers")] = None,
     topic: Annotated[str | None, typer.Option(help="interactions topic")] = None,
     redis_url: Annotated[str | None, typer.Option(help="redis:// or rediss:// URL")] = None,
-    model: Annotated[str | None, typer.Option(help="model name (registry and Redis prefix)")] = None,
+    model: Annotated[
+        str | None, typer.Option(help="model name (registry and Redis prefix)")
+    ] = None,
 ) -> None:
     if home is not None:  # before Prefect is imported, so its state follows the run directory
         os.environ["STACKREC_HOME"] = str(home)
         os.environ["PREFECT_HOME"] = str(home.absolute() / "prefect")
-    _OVERRIDES.update(home=home, kafka_bootstrap=bootstrap, topic=topic, redis_url=redis_url,
-                      model=model)
+    _OVERRIDES.update(
+        home=home, kafka_bootstrap=bootstrap, topic=topic, redis_url=redis_url, model=model
+    )
 
 
 # --- the local stack ------------------------------------------------------------------------
@@ -91,8 +108,11 @@ def up(
     s = settings()
     report = stack.up(s.run_dir, _kafka_address(s), _redis_address(s))
     ensure_topics(s.kafka(), s.topic, s.partitions)
-    emit(report, as_json, lambda r: "\n".join(f"{n}: {v['address']} (pid {v['pid']}) up"
-                                              for n, v in r.items()))
+    emit(
+        report,
+        as_json,
+        lambda r: "\n".join(f"{n}: {v['address']} (pid {v['pid']}) up" for n, v in r.items()),
+    )
 
 
 @app.command()
@@ -115,10 +135,15 @@ def status(
 
     s = settings()
     report = stack.health(s.run_dir, s.kafka(), s.redis())
-    emit(report, as_json, lambda r: "\n".join(
-        f"{n}: {v['address']} {'healthy' if v['healthy'] else 'DOWN'}"
-        f"{' (started by stackrec, pid ' + str(v['pid']) + ')' if v.get('pid') else ''}"
-        for n, v in r.items()))
+    emit(
+        report,
+        as_json,
+        lambda r: "\n".join(
+            f"{n}: {v['address']} {'healthy' if v['healthy'] else 'DOWN'}"
+            f"{' (started by stackrec, pid ' + str(v['pid']) + ')' if v.get('pid') else ''}"
+            for n, v in r.items()
+        ),
+    )
     if not all(v["healthy"] for v in report.values()):
         raise typer.Exit(1)
 
@@ -127,9 +152,12 @@ def status(
 @app.command()
 @user_errors
 def replay(
-    data: Annotated[Path | None, typer.Argument(help="interaction file; omit for synthetic")] = None,
-    fmt: Annotated[str, typer.Option("--format", help="auto|movielens|inter|csv|parquet|lines")]
-    = "auto",
+    data: Annotated[
+        Path | None, typer.Argument(help="interaction file; omit for synthetic")
+    ] = None,
+    fmt: Annotated[
+        str, typer.Option("--format", help="auto|movielens|inter|csv|parquet|lines")
+    ] = "auto",
     limit: Annotated[int | None, typer.Option(min=1, help="send at most this many")] = None,
     rate: Annotated[float | None, typer.Option(min=1, help="events per second")] = None,
     synthetic_events: Annotated[int, typer.Option(min=1, help="synthetic stream length")] = 20_000,
@@ -137,14 +165,20 @@ def replay(
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Send interaction events to the topic, keyed by user, from a file or a synthetic stream."""
-    table = (read_interactions(data, fmt) if data is not None
-             else generate(StreamConfig(n_events=synthetic_events, seed=seed)))
+    table = (
+        read_interactions(data, fmt)
+        if data is not None
+        else generate(StreamConfig(n_events=synthetic_events, seed=seed))
+    )
     if limit is not None:
         table = table.slice(0, limit)
     s = settings()
     sent = replay_table(s, table, rate)
-    emit({"sent": sent, "topic": s.topic, "source": str(data or "synthetic")}, as_json,
-         lambda r: f"sent {r['sent']} events from {r['source']} to {r['topic']}")
+    emit(
+        {"sent": sent, "topic": s.topic, "source": str(data or "synthetic")},
+        as_json,
+        lambda r: f"sent {r['sent']} events from {r['source']} to {r['topic']}",
+    )
 
 
 def replay_table(s: Settings, table, rate: float | None = None, progress: bool = True) -> int:
@@ -152,11 +186,21 @@ def replay_table(s: Settings, table, rate: float | None = None, progress: bool =
     from tqdm import tqdm
 
     ensure_topics(s.kafka(), s.topic, s.partitions)
-    events = (Event(u, i, t) for u, i, t in zip(table.column("user_id").to_pylist(),
-                                                table.column("item_id").to_pylist(),
-                                                table.column("ts").to_pylist(), strict=True))
-    with tqdm(total=table.num_rows, unit="ev", desc="replay", disable=not progress,
-              file=sys.stderr) as bar, EventProducer(s.kafka(), s.topic) as producer:
+    events = (
+        Event(u, i, t)
+        for u, i, t in zip(
+            table.column("user_id").to_pylist(),
+            table.column("item_id").to_pylist(),
+            table.column("ts").to_pylist(),
+            strict=True,
+        )
+    )
+    with (
+        tqdm(
+            total=table.num_rows, unit="ev", desc="replay", disable=not progress, file=sys.stderr
+        ) as bar,
+        EventProducer(s.kafka(), s.topic) as producer,
+    ):
         return send_events(producer, events, rate, on_sent=bar.update)
 
 
@@ -185,10 +229,13 @@ def recommend(
 ) -> None:
     """Read a user's recommendations from Redis, as a serving service would."""
     rec = read_recommendation(settings().redis(), user_id, k)
-    emit({"user_id": rec.user_id, "version": rec.version, "source": rec.source,
-          "items": rec.items}, as_json,
-         lambda r: f"user {r['user_id']} (version {r['version']}, {r['source']}): "
-                   + " ".join(r["items"]))
+    emit(
+        {"user_id": rec.user_id, "version": rec.version, "source": rec.source, "items": rec.items},
+        as_json,
+        lambda r: (
+            f"user {r['user_id']} (version {r['version']}, {r['source']}): " + " ".join(r["items"])
+        ),
+    )
 
 
 @app.command()
@@ -210,23 +257,29 @@ def demo(
 
 def describe_cycle(r: dict[str, Any]) -> str:
     e = r["events"]
-    head = (f"cycle {r['outcome']}: read {e.get('read', 0)}, logged {e.get('logged', 0)}, "
-            f"dead-lettered {e.get('dead_lettered', 0)}, trained on {e.get('to_train', 0)}")
+    head = (
+        f"cycle {r['outcome']}: read {e.get('read', 0)}, logged {e.get('logged', 0)}, "
+        f"dead-lettered {e.get('dead_lettered', 0)}, trained on {e.get('to_train', 0)}"
+    )
     if r["outcome"] != "published":
         return head
     q = r["prequential"]["all"]
-    return (f"{head}\nversion {r['version']} (parent {r['parent']}), depth "
-            f"{r['model_shape']['depth']}, {r['model_shape']['items']} items\n"
-            f"prequential on {q['n']} events: HR@10 {q['hr@10']:.4f}  NDCG@10 "
-            f"{q['ndcg@10']:.4f}  MRR@10 {q['mrr@10']:.4f}\n"
-            f"published {r['published']['items']} item and {r['published']['users']} user "
-            f"vectors under {r['published']['prefix']}:v{r['version']} in {r['wall_s']:.1f} s")
+    return (
+        f"{head}\nversion {r['version']} (parent {r['parent']}), depth "
+        f"{r['model_shape']['depth']}, {r['model_shape']['items']} items\n"
+        f"prequential on {q['n']} events: HR@10 {q['hr@10']:.4f}  NDCG@10 "
+        f"{q['ndcg@10']:.4f}  MRR@10 {q['mrr@10']:.4f}\n"
+        f"published {r['published']['items']} item and {r['published']['users']} user "
+        f"vectors under {r['published']['prefix']}:v{r['version']} in {r['wall_s']:.1f} s"
+    )
 
 
 def _flow_overrides(s: Settings) -> dict[str, Any]:
     """The settings a flow run needs, as JSON-able parameters."""
-    return {k: (str(v) if isinstance(v, Path) else v)
-            for k, v in s.model_dump(exclude_defaults=True).items()}
+    return {
+        k: (str(v) if isinstance(v, Path) else v)
+        for k, v in s.model_dump(exclude_defaults=True).items()
+    }
 
 
 def _kafka_address(s: Settings) -> tuple[str, int]:

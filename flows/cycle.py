@@ -31,8 +31,12 @@ from streaming.log import InteractionLog
 from streaming.redis_store import ServingUnavailable, Snapshot, publish
 from streaming.topics import BrokerUnavailable
 
-_NETWORK = {"retries": 2, "retry_delay_seconds": [2, 10], "cache_policy": NO_CACHE,
-            "retry_condition_fn": lambda task, run, state: _is_transient(state)}
+_NETWORK = {
+    "retries": 2,
+    "retry_delay_seconds": [2, 10],
+    "cache_policy": NO_CACHE,
+    "retry_condition_fn": lambda task, run, state: _is_transient(state),
+}
 _LOCAL = {"cache_policy": NO_CACHE}
 
 
@@ -98,8 +102,12 @@ def continual_cycle(overrides: dict[str, Any] | None = None) -> dict[str, Any]:
 # --- tasks: each calls one library function -------------------------------------------------
 @task(**_NETWORK)
 def ingest(settings: Settings, clock: _StageClock) -> IngestResult:
-    return ingest_batch(settings.kafka(), settings.consumer(), InteractionLog(settings.log_dir),
-                        on_stage=clock.record)
+    return ingest_batch(
+        settings.kafka(),
+        settings.consumer(),
+        InteractionLog(settings.log_dir),
+        on_stage=clock.record,
+    )
 
 
 @task(**_LOCAL)
@@ -134,8 +142,9 @@ def fine_tune(learner: Learner, data: CycleData, settings: Settings) -> dict[str
 
 
 @task(**_LOCAL)
-def register(settings: Settings, learner: Learner, report: CycleReport, through: int,
-             fresh: pa.Table) -> int:
+def register(
+    settings: Settings, learner: Learner, report: CycleReport, through: int, fresh: pa.Table
+) -> int:
     meta = {
         "model": settings.model,
         "trained_through": through,
@@ -152,12 +161,20 @@ def register(settings: Settings, learner: Learner, report: CycleReport, through:
 
 
 @task(**_NETWORK)
-def publish_version(settings: Settings, learner: Learner, data: CycleData,
-                    version: int) -> dict[str, Any]:
+def publish_version(
+    settings: Settings, learner: Learner, data: CycleData, version: int
+) -> dict[str, Any]:
     recs = continual.recommendations(learner, data, _cycle_config(settings))
-    snapshot = Snapshot(version, recs.item_ids, recs.item_vectors, recs.user_ids,
-                        recs.user_vectors, recs.top_k, recs.popular,
-                        meta={"model": settings.model, "depth": learner.model.depth})
+    snapshot = Snapshot(
+        version,
+        recs.item_ids,
+        recs.item_vectors,
+        recs.user_ids,
+        recs.user_vectors,
+        recs.top_k,
+        recs.popular,
+        meta={"model": settings.model, "depth": learner.model.depth},
+    )
     redis = settings.redis()
     started = time.perf_counter()
     try:
@@ -169,9 +186,15 @@ def publish_version(settings: Settings, learner: Learner, data: CycleData,
     metrics.PUBLISH_DURATION.labels(settings.model).observe(seconds)
     metrics.PUBLISHED_VECTORS.labels(settings.model, "items").inc(len(recs.item_ids))
     metrics.PUBLISHED_VECTORS.labels(settings.model, "users").inc(len(recs.user_ids))
-    return {"version": version, "prefix": redis.prefix, "items": len(recs.item_ids),
-            "users": len(recs.user_ids), "k": settings.top_k,
-            "dim": int(recs.item_vectors.shape[1]), "seconds": round(seconds, 3)}
+    return {
+        "version": version,
+        "prefix": redis.prefix,
+        "items": len(recs.item_ids),
+        "users": len(recs.user_ids),
+        "k": settings.top_k,
+        "dim": int(recs.item_vectors.shape[1]),
+        "seconds": round(seconds, 3),
+    }
 
 
 @task(**_LOCAL)
@@ -201,22 +224,37 @@ class _StageClock:
 
 
 def _cycle_config(settings: Settings) -> CycleConfig:
-    return CycleConfig(dim=settings.dim, blocks=settings.blocks, max_len=settings.max_len,
-                       train_steps=settings.train_steps, batch_size=settings.batch_size,
-                       lr=settings.lr, top_k=settings.top_k, seed=settings.seed)
+    return CycleConfig(
+        dim=settings.dim,
+        blocks=settings.blocks,
+        max_len=settings.max_len,
+        train_steps=settings.train_steps,
+        batch_size=settings.batch_size,
+        lr=settings.lr,
+        top_k=settings.top_k,
+        seed=settings.seed,
+    )
 
 
 def _event_counts(ingested: IngestResult) -> dict[str, Any]:
-    return {"read": ingested.read, "logged": ingested.logged,
-            "dead_lettered": ingested.dead_lettered, "skipped_already_logged": ingested.skipped,
-            "dead_letter_reasons": ingested.reasons, "lag": ingested.lag,
-            "segment": ingested.segment}
+    return {
+        "read": ingested.read,
+        "logged": ingested.logged,
+        "dead_lettered": ingested.dead_lettered,
+        "skipped_already_logged": ingested.skipped,
+        "dead_letter_reasons": ingested.reasons,
+        "lag": ingested.lag,
+        "segment": ingested.segment,
+    }
 
 
 def _shape(learner: Learner) -> dict[str, int]:
-    return {"depth": learner.model.depth, "dim": learner.model.config.dim,
-            "items": len(learner.vocab) - 1,
-            "parameters": sum(p.numel() for p in learner.model.parameters())}
+    return {
+        "depth": learner.model.depth,
+        "dim": learner.model.config.dim,
+        "items": len(learner.vocab) - 1,
+        "parameters": sum(p.numel() for p in learner.model.parameters()),
+    }
 
 
 def _record_model(model: str, report: CycleReport, fresh: pa.Table) -> None:

@@ -121,7 +121,10 @@ GATE_DECISIONS = Counter(
 
 # --- registry and serving ---------------------------------------------------------------------
 REGISTRY_VERSIONS = Gauge(
-    "stackrec_registry_versions", "Versions kept in the model registry.", ["model"], registry=REGISTRY
+    "stackrec_registry_versions",
+    "Versions kept in the model registry.",
+    ["model"],
+    registry=REGISTRY,
 )
 PUBLISHED_VERSION = Gauge(
     "stackrec_published_version",

@@ -25,7 +25,7 @@ from stackrec.ranking import next_item_metrics
 from stackrec.recommend import top_k
 from stackrec.registry import Registry
 from stackrec.sequences import Sequences
-from stackrec.train import Trainer, TrainConfig, TrainResult
+from stackrec.train import TrainConfig, Trainer, TrainResult
 from stackrec.vocab import Vocabulary
 
 
@@ -70,14 +70,25 @@ def resume(registry: Registry, config: CycleConfig) -> Learner:
     version = registry.current()
     if version is None:
         vocab = Vocabulary()
-        model = NextItNet(NextItNetConfig(n_items=max(len(vocab), 2), dim=config.dim,
-                                          n_blocks=config.blocks, max_len=config.max_len))
+        model = NextItNet(
+            NextItNetConfig(
+                n_items=max(len(vocab), 2),
+                dim=config.dim,
+                n_blocks=config.blocks,
+                max_len=config.max_len,
+            )
+        )
         return Learner(model, vocab)
     model, vocab, optimizer_state, extra = from_payload(registry.load(version))
     meta = registry.meta(version)
-    return Learner(model, vocab, optimizer_state, parent=version,
-                   trained_through=int(meta.get("trained_through", 0)),
-                   lineage=dict(extra or {}))
+    return Learner(
+        model,
+        vocab,
+        optimizer_state,
+        parent=version,
+        trained_through=int(meta.get("trained_through", 0)),
+        lineage=dict(extra or {}),
+    )
 
 
 def prepare(learner: Learner, history: pa.Table, fresh: pa.Table) -> CycleData:
@@ -86,8 +97,9 @@ def prepare(learner: Learner, history: pa.Table, fresh: pa.Table) -> CycleData:
     learner.vocab.add(fresh.column("item_id").to_pylist())
     if len(learner.vocab) > learner.model.config.n_items:
         learner.model.grow_items(len(learner.vocab))
-    events = pa.concat_tables([history.select(["user_id", "item_id", "ts"]),
-                               fresh.select(["user_id", "item_id", "ts"])])
+    events = pa.concat_tables(
+        [history.select(["user_id", "item_id", "ts"]), fresh.select(["user_id", "item_id", "ts"])]
+    )
     encoded = pc.dictionary_encode(events.column("user_id")).combine_chunks()
     items = learner.vocab.lookup(np.asarray(events.column("item_id").to_pylist(), dtype=object))
     users = encoded.indices.to_numpy().astype(np.int64)
@@ -125,9 +137,11 @@ def fine_tune(learner: Learner, data: CycleData, config: CycleConfig) -> TrainRe
     windows = windows[(windows[:, 1:] > 0).sum(1) > 0]
     if len(windows) == 0 or config.train_steps == 0:
         return None
-    trainer = Trainer(learner.model,
-                      TrainConfig(lr=config.lr, batch_size=config.batch_size, seed=config.seed),
-                      optimizer_state=learner.optimizer_state)
+    trainer = Trainer(
+        learner.model,
+        TrainConfig(lr=config.lr, batch_size=config.batch_size, seed=config.seed),
+        optimizer_state=learner.optimizer_state,
+    )
     n_batches = math.ceil(len(windows) / config.batch_size)
     # exactly train_steps steps: ceil(epochs * n_batches) == train_steps, schedule completes
     result = trainer.fit(windows, epochs=(config.train_steps - 0.5) / n_batches)
@@ -138,8 +152,9 @@ def fine_tune(learner: Learner, data: CycleData, config: CycleConfig) -> TrainRe
 
 def save(registry: Registry, learner: Learner, meta: dict[str, Any]) -> int:
     """Store the learner as a new candidate version; the caller promotes it."""
-    payload = to_payload(learner.model, learner.vocab, learner.optimizer_state,
-                         extra=learner.lineage)
+    payload = to_payload(
+        learner.model, learner.vocab, learner.optimizer_state, extra=learner.lineage
+    )
     return registry.save(payload, {"parent": learner.parent, **meta})
 
 

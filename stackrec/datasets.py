@@ -66,8 +66,9 @@ def _guess_format(path: Path) -> str:
         return "csv"
     if name.endswith(".txt"):
         return "lines"
-    raise DatasetError(f"cannot tell the format of {path.name}; pass --format "
-                       f"({', '.join(FORMATS[1:])})")
+    raise DatasetError(
+        f"cannot tell the format of {path.name}; pass --format ({', '.join(FORMATS[1:])})"
+    )
 
 
 def _open_text(path: Path) -> io.BufferedReader | gzip.GzipFile:
@@ -90,8 +91,11 @@ def _read_movielens(path: Path) -> pa.Table:
 
 def _read_inter(path: Path) -> pa.Table:
     with _open_text(path) as handle:
-        table = pacsv.read_csv(handle, parse_options=pacsv.ParseOptions(delimiter="\t"),
-                               convert_options=pacsv.ConvertOptions(strings_can_be_null=False))
+        table = pacsv.read_csv(
+            handle,
+            parse_options=pacsv.ParseOptions(delimiter="\t"),
+            convert_options=pacsv.ConvertOptions(strings_can_be_null=False),
+        )
     return _standard(_rename(table, path), seconds=True)
 
 
@@ -128,8 +132,10 @@ def _rename(table: pa.Table, path: Path) -> pa.Table:
     for wanted, aliases in _COLUMN_NAMES.items():
         found = next((lower[a] for a in aliases if a in lower), None)
         if found is None:
-            raise DatasetError(f"{path.name} has no {wanted} column (looked for "
-                               f"{', '.join(aliases)}; found {', '.join(table.column_names)})")
+            raise DatasetError(
+                f"{path.name} has no {wanted} column (looked for "
+                f"{', '.join(aliases)}; found {', '.join(table.column_names)})"
+            )
         picked[wanted] = table.column(found)
     return pa.table(picked)
 
@@ -144,11 +150,13 @@ def _standard(table: pa.Table, seconds: bool = False) -> pa.Table:
         if seconds or pc.max(ts).as_py() < 1e11:  # epoch seconds, as most public data sets
             ts = pc.multiply(ts, 1000)
         ts = pc.cast(pc.round(ts), pa.int64())
-    return pa.table({
-        "user_id": pc.cast(table.column("user_id"), pa.string()),
-        "item_id": pc.cast(table.column("item_id"), pa.string()),
-        "ts": ts,
-    })
+    return pa.table(
+        {
+            "user_id": pc.cast(table.column("user_id"), pa.string()),
+            "item_id": pc.cast(table.column("item_id"), pa.string()),
+            "ts": ts,
+        }
+    )
 
 
 _READERS = {

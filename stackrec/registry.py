@@ -92,7 +92,8 @@ class Registry:
         history = self.history()
         current = self.current()
         earlier = [
-            v for v in history
+            v
+            for v in history
             if v != current and self.meta(v)["status"] not in ("rolled_back", "rejected")
         ]
         if current is None or not earlier:

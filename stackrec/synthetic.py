@@ -41,7 +41,6 @@ def generate(config: StreamConfig = StreamConfig()) -> pa.Table:
     # items arrive over time: item i exists from event arrival[i] on; topics interleave
     arrival = np.sort(rng.uniform(0, 1, config.n_items)) * n
     arrival[: int(config.n_items * config.initial_items)] = 0
-    item_topic = np.arange(config.n_items) % config.n_topics
     last_item = np.full(config.n_users, -1)
     items = np.empty(n, dtype=np.int64)
     drifts = rng.random(n) < config.p_drift
@@ -59,20 +58,23 @@ def generate(config: StreamConfig = StreamConfig()) -> pa.Table:
             items[t] = _draw_from_topic(rng, topic_of_user[u], available, config)
         last_item[u] = items[t]
     ts = START_MS + (np.arange(n) * config.seconds_between_events * 1000).astype(np.int64)
-    return pa.table({
-        "user_id": pa.array([f"u{u}" for u in users]),
-        "item_id": pa.array([f"i{i}" for i in items]),
-        "ts": pa.array(ts, pa.int64()),
-    })
+    return pa.table(
+        {
+            "user_id": pa.array([f"u{u}" for u in users]),
+            "item_id": pa.array([f"i{i}" for i in items]),
+            "ts": pa.array(ts, pa.int64()),
+        }
+    )
 
 
-def _draw_from_topic(rng: np.random.Generator, topic: int, available: int,
-                     config: StreamConfig) -> int:
+def _draw_from_topic(
+    rng: np.random.Generator, topic: int, available: int, config: StreamConfig
+) -> int:
     candidates = np.arange(topic, max(available, topic + 1), config.n_topics)
     candidates = candidates[candidates < config.n_items]
     ranks = np.arange(1, len(candidates) + 1, dtype=np.float64)
-    weights = ranks ** -config.zipf
-    weights[-max(1, len(weights) // 10):] *= 3.0  # the newest items get a novelty boost
+    weights = ranks**-config.zipf
+    weights[-max(1, len(weights) // 10) :] *= 3.0  # the newest items get a novelty boost
     return int(rng.choice(candidates, p=weights / weights.sum()))
 
 

@@ -9,6 +9,7 @@ and function-preserving stacking (each copied block inherits its source block's 
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 from collections.abc import Callable
@@ -252,3 +253,98 @@ def _fit_rows(value: torch.Tensor, param: torch.Tensor) -> torch.Tensor | None:
     grown = value.new_zeros(param.shape)
     grown[: value.shape[0]] = value
     return grown
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """Epochs with validation after each: early stopping and StackRec's progressive growth."""
+
+    epochs: int = 20  # at most
+    patience: int | None = 5  # stop after this many epochs without a better validation score
+    stack_at: tuple[int, ...] = ()  # grow (double the depth) after these epochs, 1-based
+    stack_operator: str = "adjacent"
+    stack_mode: str = "function_preserving"
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1:
+            raise ValueError(f"epochs={self.epochs} must be at least 1")
+        late = [e for e in self.stack_at if not 1 <= e < self.epochs]
+        if late:
+            raise ValueError(f"stack_at epochs {late} must lie in [1, epochs={self.epochs})")
+
+
+@dataclass
+class EpochRecord:
+    epoch: int
+    depth: int
+    loss: float
+    score: float  # validation score, higher is better
+    seconds: float  # training only, without validation
+    steps: int
+    targets: int
+
+
+@dataclass
+class ScheduleResult:
+    model: nn.Module  # the best model by validation score (on the CPU)
+    best_epoch: int
+    history: list[EpochRecord]
+    optimizer_state: dict  # of the last epoch's trainer, to go on training
+
+    @property
+    def train_seconds(self) -> float:
+        return sum(r.seconds for r in self.history)
+
+    @property
+    def targets(self) -> int:
+        return sum(r.targets for r in self.history)
+
+
+def train_with_validation(
+    model: nn.Module,
+    windows: torch.Tensor,
+    config: TrainConfig,
+    schedule: Schedule,
+    validate: Callable[[nn.Module], float],
+    device: str | torch.device | None = None,
+    on_step: Callable[[int, float], None] | None = None,
+    on_epoch: Callable[[EpochRecord], None] | None = None,
+) -> ScheduleResult:
+    """Train epoch by epoch, score with ``validate`` after each, keep the best model.
+
+    Growth resets the patience counter (a deeper model needs a few epochs to pay off) and, in
+    function-preserving mode, carries the optimizer state into the grown model.
+    """
+    trainer = Trainer(model, config, device=device)
+    history: list[EpochRecord] = []
+    best, best_epoch, best_score, waited = None, 0, -math.inf, 0
+    for epoch in range(1, schedule.epochs + 1):
+        result = trainer.fit(windows, epochs=1.0, on_step=on_step)
+        score = float(validate(trainer.model))
+        record = EpochRecord(
+            epoch,
+            trainer.model.depth,
+            result.mean_loss,
+            score,
+            result.seconds,
+            result.steps,
+            result.targets,
+        )
+        history.append(record)
+        if on_epoch is not None:
+            on_epoch(record)
+        if score > best_score:
+            best, best_epoch, best_score, waited = (
+                copy.deepcopy(trainer.model).cpu(),
+                epoch,
+                score,
+                0,
+            )
+        else:
+            waited += 1
+        if epoch in schedule.stack_at:
+            grown = trainer.model.stack(schedule.stack_operator, schedule.stack_mode)
+            trainer, waited = Trainer(grown, config, trainer.optimizer_state(), device), 0
+        elif schedule.patience is not None and waited >= schedule.patience:
+            break
+    return ScheduleResult(best, best_epoch, history, trainer.optimizer_state())

@@ -104,10 +104,12 @@ def ingest_batch(
             on_stage("consume", mark - started)
             on_stage("log", time.perf_counter() - mark)
         if result.committed:
-            consumer.commit({
-                TopicPartition(config.topic, p): OffsetAndMetadata(o, "", -1)
-                for p, o in result.committed.items()
-            })
+            consumer.commit(
+                {
+                    TopicPartition(config.topic, p): OffsetAndMetadata(o, "", -1)
+                    for p, o in result.committed.items()
+                }
+            )
         result.lag = _lag(consumer, config.topic)
     except KafkaError as error:
         raise BrokerUnavailable(f"Kafka at {kafka.bootstrap} failed mid-batch: {error}") from None
@@ -194,8 +196,9 @@ def _dead_letter(rejected: list, kafka: KafkaConfig, topic: str) -> None:
                 ("source_partition", str(record.partition).encode()),
                 ("source_offset", str(record.offset).encode()),
             ]
-            producer.send(dead_letter_topic(topic), key=record.key, value=record.value,
-                          headers=headers)
+            producer.send(
+                dead_letter_topic(topic), key=record.key, value=record.value, headers=headers
+            )
         producer.flush()
     finally:
         producer.close()

@@ -87,7 +87,9 @@ class InteractionLog:
         ]
         tables = [pq.read_table(self.root / s.file, columns=columns) for s in segments]
         if not tables:
-            schema = LOG_SCHEMA if columns is None else pa.schema([LOG_SCHEMA.field(c) for c in columns])
+            schema = (
+                LOG_SCHEMA if columns is None else pa.schema([LOG_SCHEMA.field(c) for c in columns])
+            )
             return schema.empty_table()
         return pa.concat_tables(tables)
 
@@ -122,8 +124,10 @@ class InteractionLog:
         with self._exclusive():
             manifest = self.manifest()
             if through > manifest.ingested_through:
-                raise LogError(f"cannot mark segment {through} trained: log ends at "
-                               f"{manifest.ingested_through}")
+                raise LogError(
+                    f"cannot mark segment {through} trained: log ends at "
+                    f"{manifest.ingested_through}"
+                )
             manifest.trained_through = through
             self._write_manifest(manifest)
 

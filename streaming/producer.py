@@ -37,8 +37,9 @@ class EventProducer:
     def send(self, event: Event) -> None:
         """Validate and queue one event, keyed by its user so a user's events stay ordered."""
         value = encode_event(event)
-        self._pending.append(self._producer.send(self.topic, key=event.user_id.encode(),
-                                                 value=value))
+        self._pending.append(
+            self._producer.send(self.topic, key=event.user_id.encode(), value=value)
+        )
         if len(self._pending) >= 10_000:
             self.flush()
 
@@ -57,8 +58,12 @@ class EventProducer:
     def __enter__(self) -> EventProducer:
         return self
 
-    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         try:
             if kind is None:
                 self.flush()

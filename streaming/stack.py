@@ -19,11 +19,14 @@ def up(run_dir: Path, kafka: tuple[str, int], redis_at: tuple[str, int]) -> dict
     """Start both services (if not already ours and running) and wait until they answer."""
     started = {
         BROKER: services.start(BROKER, services.broker_command(*kafka), *kafka, run_dir),
-        REDIS: services.start(REDIS, services.redis_command(*redis_at, run_dir), *redis_at,
-                              run_dir),
+        REDIS: services.start(
+            REDIS, services.redis_command(*redis_at, run_dir), *redis_at, run_dir
+        ),
     }
-    return {name: {"address": f"{r.host}:{r.port}", "pid": r.pid, "log": r.log}
-            for name, r in started.items()}
+    return {
+        name: {"address": f"{r.host}:{r.port}", "pid": r.pid, "log": r.log}
+        for name, r in started.items()
+    }
 
 
 def down(run_dir: Path) -> dict[str, bool]:
@@ -60,8 +63,9 @@ def _broker_answers(kafka: KafkaConfig) -> bool:
 
 
 def _redis_answers(config: RedisConfig) -> bool:
-    client = redis.Redis.from_url(config.url, socket_connect_timeout=1, socket_timeout=2,
-                                  password=config.password)
+    client = redis.Redis.from_url(
+        config.url, socket_connect_timeout=1, socket_timeout=2, password=config.password
+    )
     try:
         return bool(client.ping())
     except redis.RedisError:

@@ -6,6 +6,8 @@ depends on a stable count), so we create both topics before anything produces to
 
 from __future__ import annotations
 
+import contextlib
+
 from kafka import KafkaAdminClient
 from kafka.admin import NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError
@@ -47,11 +49,9 @@ def ensure_topics(kafka: KafkaConfig, topic: str, partitions: int) -> None:
             for name in (topic, dead_letter_topic(topic))
             if name not in existing
         ]
-        if wanted:
-            try:
+        if wanted:  # another process may create one between list and create: fine
+            with contextlib.suppress(TopicAlreadyExistsError):
                 admin.create_topics(wanted)
-            except TopicAlreadyExistsError:
-                pass  # another process created it between list and create
     except KafkaError as error:
         raise BrokerUnavailable(f"Kafka at {kafka.bootstrap} failed: {error}") from None
     finally:

@@ -38,9 +38,13 @@ class Stack:
         return RedisConfig(url=self.redis_url, prefix=f"stackrec:{self.model}")
 
     def env(self) -> dict[str, str]:
-        return {"STACKREC_HOME": str(self.home), "STACKREC_KAFKA_BOOTSTRAP": self.bootstrap,
-                "STACKREC_REDIS_URL": self.redis_url, "STACKREC_TOPIC": self.topic,
-                "STACKREC_MODEL": self.model}
+        return {
+            "STACKREC_HOME": str(self.home),
+            "STACKREC_KAFKA_BOOTSTRAP": self.bootstrap,
+            "STACKREC_REDIS_URL": self.redis_url,
+            "STACKREC_TOPIC": self.topic,
+            "STACKREC_MODEL": self.model,
+        }
 
 
 @pytest.fixture(scope="session")
@@ -50,8 +54,9 @@ def servers(tmp_path_factory):
     host = "127.0.0.1"
     kafka_port, redis_port = services.free_port(), services.free_port()
     services.start("broker", services.broker_command(host, kafka_port), host, kafka_port, run_dir)
-    services.start("redis", services.redis_command(host, redis_port, run_dir), host, redis_port,
-                   run_dir)
+    services.start(
+        "redis", services.redis_command(host, redis_port, run_dir), host, redis_port, run_dir
+    )
     yield f"{host}:{kafka_port}", f"redis://{host}:{redis_port}/0"
     services.stop(run_dir, "broker")
     services.stop(run_dir, "redis")

@@ -33,8 +33,7 @@ def run_two_cycles(stack, table: pa.Table) -> list[dict]:
     bad = [b"not json", b'{"user_id": "", "item_id": "x", "ts": 1700000000000}']
     replay_table(settings, table.slice(0, N_EVENTS // 2), progress=False)
     _send_raw(stack, bad)
-    overrides = {"batch_max_events": 100_000, "batch_max_wait_s": 8, "train_steps": 20,
-                 "dim": 32}
+    overrides = {"batch_max_events": 100_000, "batch_max_wait_s": 8, "train_steps": 20, "dim": 32}
     first = continual_cycle(overrides=overrides)
     replay_table(settings, table.slice(N_EVENTS // 2, N_EVENTS - N_EVENTS // 2), progress=False)
     second = continual_cycle(overrides=overrides)
@@ -56,18 +55,22 @@ def check_contracts(stack, table: pa.Table, reports: list[dict]) -> None:
     log = InteractionLog(settings.log_dir)
     logged = log.read()
     # every consumed offset is in the log exactly once (valid rows + dead-lettered ones)
-    pairs = list(zip(logged.column("partition").to_pylist(), logged.column("offset").to_pylist(),
-                     strict=True))
+    pairs = list(
+        zip(
+            logged.column("partition").to_pylist(), logged.column("offset").to_pylist(), strict=True
+        )
+    )
     assert len(pairs) == len(set(pairs)) == N_EVENTS
     assert sum(r["events"]["dead_lettered"] for r in reports) == 2
-    covered = sum(last - first + 1 for s in log.manifest().segments
-                  for first, last in s.offsets.values())
+    covered = sum(
+        last - first + 1 for s in log.manifest().segments for first, last in s.offsets.values()
+    )
     assert covered == N_EVENTS + 2
     # committed offsets equal the log's
-    consumer = KafkaConsumer(bootstrap_servers=stack.bootstrap, group_id=settings.group_id,
-                             enable_auto_commit=False)
-    committed = {p: consumer.committed(TopicPartition(stack.topic, p))
-                 for p in log.next_offsets()}
+    consumer = KafkaConsumer(
+        bootstrap_servers=stack.bootstrap, group_id=settings.group_id, enable_auto_commit=False
+    )
+    committed = {p: consumer.committed(TopicPartition(stack.topic, p)) for p in log.next_offsets()}
     consumer.close()
     assert committed == log.next_offsets()
     # Redis serves the second version, covering every item seen, at the model's dimension
@@ -81,10 +84,17 @@ def check_contracts(stack, table: pa.Table, reports: list[dict]) -> None:
     result = CliRunner().invoke(app, ["recommend", user, "-k", "10", "--json"])
     assert result.exit_code == 0, result.output
     rec = json.loads(result.output)
-    seen = {i for u, i in zip(logged.column("user_id").to_pylist(),
-                              logged.column("item_id").to_pylist(), strict=True) if u == user}
+    seen = {
+        i
+        for u, i in zip(
+            logged.column("user_id").to_pylist(), logged.column("item_id").to_pylist(), strict=True
+        )
+        if u == user
+    }
     assert rec["version"] == 2 and rec["source"] == "personal"
-    assert len(rec["items"]) == 10 and set(rec["items"]) <= set(items) and not set(rec["items"]) & seen
+    assert (
+        len(rec["items"]) == 10 and set(rec["items"]) <= set(items) and not set(rec["items"]) & seen
+    )
     # the metrics exposition carries the stage metrics
     text = metrics.exposition().decode()
     for stage in ("consume", "log", "evaluate", "train", "publish"):
