@@ -17,9 +17,6 @@ from streaming import services
 from streaming.kafka_config import KafkaConfig
 from streaming.redis_store import RedisConfig
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
-DATASETS = SHARED / "datasets"
-
 
 @dataclass(frozen=True)
 class Stack:
@@ -82,11 +79,3 @@ def prefect_harness():
 
     with prefect_test_harness(server_startup_timeout=180):
         yield
-
-
-def dataset(relative: str) -> Path:
-    """A file under ../shared/datasets, or skip the test with the reason."""
-    path = DATASETS / relative
-    if not path.exists():
-        pytest.skip(f"{path} is absent: the shared datasets live beside the repository")
-    return path

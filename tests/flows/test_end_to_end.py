@@ -20,7 +20,7 @@ from stackrec.datasets import read_interactions
 from stackrec.synthetic import StreamConfig, generate
 from streaming.log import InteractionLog
 from streaming.serving import read_vectors
-from tests.conftest import dataset
+from tests.shared_data import dataset
 
 pytestmark = pytest.mark.integration
 N_EVENTS = 5_000
