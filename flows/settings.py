@@ -56,6 +56,7 @@ class Settings(BaseSettings):
     seed: int = 0
     # metrics
     pushgateway: str | None = Field(None, description="host:port; push metrics after each run")
+    metrics_host: str = Field("127.0.0.1", description="0.0.0.0 to be scraped from outside")
     metrics_port: int = Field(9464, ge=0, le=65535)
 
     @classmethod

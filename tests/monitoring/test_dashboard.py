@@ -13,7 +13,8 @@ from typing import Any
 
 import pytest
 import yaml
-from promql_names import defined_series, metric_names
+
+from tests.monitoring.promql_names import defined_series, metric_names
 
 GRAFANA = Path(__file__).resolve().parents[2] / "monitoring" / "grafana"
 DASHBOARD = GRAFANA / "dashboards" / "stackrec.json"

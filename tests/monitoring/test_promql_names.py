@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from promql_names import defined_series, metric_names
+
+from tests.monitoring.promql_names import defined_series, metric_names
 
 
 @pytest.mark.parametrize(

@@ -11,7 +11,8 @@ from typing import Any
 
 import pytest
 import yaml
-from promql_names import defined_series, metric_names
+
+from tests.monitoring.promql_names import defined_series, metric_names
 
 MONITORING = Path(__file__).resolve().parents[2] / "monitoring"
 CONFIG = MONITORING / "prometheus.yml"
