@@ -22,6 +22,7 @@
 #   STACKREC_MODEL            model name (registry folder and Redis prefix stackrec:<model>)
 #   STACKREC_PUSHGATEWAY      host:port of a Prometheus Pushgateway for short flow runs
 #   STACKREC_METRICS_PORT     port of /metrics (default 9464; the healthcheck reads it)
+#   STACKREC_METRICS_HOST     address /metrics binds (0.0.0.0 in the image, so Prometheus can scrape it)
 #   PREFECT_API_URL           a Prefect server; without it `stackrec serve` starts a local one
 # An unknown STACKREC_* variable is an error (a typo must not fall back to a default silently).
 # Secrets (STACKREC_KAFKA_SASL_PASSWORD, STACKREC_REDIS_PASSWORD) belong in `docker run
@@ -65,6 +66,7 @@ COPY --from=build /opt/venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     STACKREC_HOME=/var/lib/stackrec \
+    STACKREC_METRICS_HOST=0.0.0.0 \
     PREFECT_HOME=/var/lib/stackrec/prefect \
     PREFECT_SERVER_ANALYTICS_ENABLED=false
 
