@@ -147,7 +147,8 @@ def _standard(table: pa.Table, seconds: bool = False) -> pa.Table:
         ts = pc.cast(pc.cast(ts, pa.timestamp("ms")), pa.int64())
     else:
         ts = pc.cast(ts, pa.float64())
-        if seconds or pc.max(ts).as_py() < 1e11:  # epoch seconds, as most public data sets
+        newest = pc.max(ts).as_py()
+        if seconds or (newest is not None and newest < 1e11):  # epoch seconds, as most data
             ts = pc.multiply(ts, 1000)
         ts = pc.cast(pc.round(ts), pa.int64())
     return pa.table(
