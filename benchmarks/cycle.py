@@ -36,39 +36,63 @@ def main() -> None:
 
     host = "127.0.0.1"
     kafka_port, redis_port = services.free_port(), services.free_port()
-    settings = Settings.load(kafka_bootstrap=f"{host}:{kafka_port}",
-                             redis_url=f"redis://{host}:{redis_port}/0",
-                             train_steps=args.steps, batch_max_events=args.events,
-                             batch_max_wait_s=15)
+    settings = Settings.load(
+        kafka_bootstrap=f"{host}:{kafka_port}",
+        redis_url=f"redis://{host}:{redis_port}/0",
+        train_steps=args.steps,
+        batch_max_events=args.events,
+        batch_max_wait_s=15,
+    )
     stack.up(settings.run_dir, (host, kafka_port), (host, redis_port))
     try:
         began = time.perf_counter()
-        from flows.cycle import continual_cycle
         from prefect.testing.utilities import prefect_test_harness
+
+        from flows.cycle import continual_cycle
 
         with prefect_test_harness(server_startup_timeout=180):
             startup_s = time.perf_counter() - began
-            table = generate(StreamConfig(n_events=args.events * args.repeat, n_users=5_000,
-                                          n_items=20_000))
+            table = generate(
+                StreamConfig(n_events=args.events * args.repeat, n_users=5_000, n_items=20_000)
+            )
             cycles = []
-            overrides = {k: (str(v) if isinstance(v, Path) else v)
-                         for k, v in settings.model_dump(exclude_defaults=True).items()}
+            overrides = {
+                k: (str(v) if isinstance(v, Path) else v)
+                for k, v in settings.model_dump(exclude_defaults=True).items()
+            }
             for index in range(args.repeat):
-                replay_table(settings, table.slice(index * args.events, args.events),
-                             progress=False)
+                replay_table(
+                    settings, table.slice(index * args.events, args.events), progress=False
+                )
                 report = continual_cycle(overrides=overrides)
                 events = report["events"]["to_train"]
-                cycles.append({"cycle": index + 1, "events": events,
-                               "wall_s": report["wall_s"], "stages_s": report["stages_s"],
-                               "events_per_s": round(events / report["wall_s"], 1),
-                               "train_targets_per_s": round(
-                                   report["training"].get("targets_per_s", 0.0), 1)})
+                cycles.append(
+                    {
+                        "cycle": index + 1,
+                        "events": events,
+                        "wall_s": report["wall_s"],
+                        "stages_s": report["stages_s"],
+                        "events_per_s": round(events / report["wall_s"], 1),
+                        "train_targets_per_s": round(
+                            report["training"].get("targets_per_s", 0.0), 1
+                        ),
+                    }
+                )
                 print(json.dumps(cycles[-1]), file=sys.stderr)
     finally:
         stack.down(settings.run_dir)
-    print(json.dumps({"benchmark": "cycle", "events_per_cycle": args.events,
-                      "train_steps": args.steps, "prefect_startup_s": round(startup_s, 1),
-                      "cycles": cycles}, indent=2))
+    print(
+        json.dumps(
+            {
+                "benchmark": "cycle",
+                "events_per_cycle": args.events,
+                "train_steps": args.steps,
+                "prefect_startup_s": round(startup_s, 1),
+                "cycles": cycles,
+            },
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":
