@@ -154,6 +154,7 @@ def register(
         "prequential": report.prequential,
         "training": report.training,
         "depth": learner.model.depth,
+        "stages_s": dict(report.stages_s),  # up to registration; publish follows
     }
     version = continual.save(settings.registry(), learner, meta)
     learner.parent = version
