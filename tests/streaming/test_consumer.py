@@ -103,7 +103,7 @@ def topic(stack):
 def empty_run(config: ConsumerConfig) -> ConsumerConfig:
     """For a batch expected to find nothing: the wait is all it costs, and the group join
     alone takes ~3 s on Tansu."""
-    return replace(config, max_wait_s=4.0)
+    return replace(config, max_wait_s=3.5)
 
 
 @pytest.fixture
