@@ -100,6 +100,9 @@ def main(
 @app.command()
 @user_errors
 def up(
+    with_monitoring: Annotated[
+        bool, typer.Option(help="also Prometheus (:9090) and the Pushgateway (:9091)")
+    ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
 ) -> None:
     """Start the local broker and Redis (the demo's and tests' stack) and create the topics."""
@@ -108,6 +111,11 @@ def up(
     s = settings()
     report = stack.up(s.run_dir, _kafka_address(s), _redis_address(s))
     ensure_topics(s.kafka(), s.topic, s.partitions)
+    if with_monitoring:
+        config = stack.MonitoringConfig.of(s.pushgateway, s.metrics_host, s.metrics_port)
+        report |= stack.up_monitoring(s.run_dir, config)
+        if not s.pushgateway:
+            typer.echo("flow runs push metrics once STACKREC_PUSHGATEWAY=127.0.0.1:9091", err=True)
     emit(
         report,
         as_json,

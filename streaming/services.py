@@ -1,4 +1,5 @@
-"""The local stack for the demo and the tests: a Kafka-protocol broker (Tansu) and Redis.
+"""The local stack for the demo and the tests: a Kafka-protocol broker (Tansu) and Redis,
+and on request Prometheus and its Pushgateway (Debian's binaries).
 
 Each service we start is recorded in ``<run_dir>/<name>.json`` (pid, port, command), so
 ``stop`` kills exactly the processes we started and nothing else, even if the pid was reused.
@@ -62,6 +63,16 @@ def redis_binary() -> str:
     return str(path)
 
 
+def monitoring_binary(name: str) -> str:
+    """Debian's ``prometheus`` or ``prometheus-pushgateway`` from PATH."""
+    found = shutil.which(name)
+    if found is None:
+        raise ServiceError(
+            f"{name} is not installed: apt-get install prometheus prometheus-pushgateway"
+        )
+    return found
+
+
 def broker_command(host: str, port: int) -> list[str]:
     url = f"tcp://{host}:{port}"
     return [
@@ -94,10 +105,40 @@ def redis_command(host: str, port: int, data_dir: Path) -> list[str]:
     ]
 
 
+def prometheus_command(host: str, port: int, config: Path, data_dir: Path) -> list[str]:
+    """Prometheus on ``host:port`` with ``config``, its TSDB in ``data_dir`` (the run dir)."""
+    return [
+        monitoring_binary("prometheus"),
+        f"--config.file={config}",
+        f"--storage.tsdb.path={data_dir}",
+        f"--web.listen-address={host}:{port}",
+        "--storage.tsdb.retention.time=15d",
+    ]
+
+
+def pushgateway_command(host: str, port: int, data_dir: Path) -> list[str]:
+    """The Pushgateway on ``host:port``, persisting pushed groups in ``data_dir``."""
+    return [
+        monitoring_binary("prometheus-pushgateway"),
+        f"--web.listen-address={host}:{port}",
+        f"--persistence.file={data_dir / 'pushgateway.data'}",
+        "--persistence.interval=1m",
+    ]
+
+
 def start(
-    name: str, command: list[str], host: str, port: int, run_dir: Path, timeout_s: float = 20.0
+    name: str,
+    command: list[str],
+    host: str,
+    port: int,
+    run_dir: Path,
+    timeout_s: float = 20.0,
+    port_setting: str = "STACKREC_KAFKA_BOOTSTRAP / STACKREC_REDIS_URL",
 ) -> ServiceRecord:
-    """Start ``command`` detached, wait until ``host:port`` accepts connections, record it."""
+    """Start ``command`` detached, wait until ``host:port`` accepts connections, record it.
+
+    ``port_setting`` names what a user changes to pick another port; the busy-port error says it.
+    """
     run_dir.mkdir(parents=True, exist_ok=True)
     existing = read_record(run_dir, name)
     if existing and is_running(existing):
@@ -105,7 +146,7 @@ def start(
     if port_open(host, port):
         raise ServiceError(
             f"{name}: port {host}:{port} is busy; stop what uses it or choose "
-            f"another port (STACKREC_KAFKA_BOOTSTRAP / STACKREC_REDIS_URL)"
+            f"another port ({port_setting})"
         )
     log_path = run_dir / f"{name}.log"
     with open(log_path, "ab") as log:
