@@ -19,7 +19,7 @@ from urllib.parse import urlparse
 
 import typer
 
-from flows.settings import Settings, SettingsError
+from flows.settings import SECRETS, Settings, SettingsError
 from stackrec.datasets import DatasetError, read_interactions
 from stackrec.registry import RegistryError
 from stackrec.synthetic import StreamConfig, generate
@@ -283,10 +283,11 @@ def describe_cycle(r: dict[str, Any]) -> str:
 
 
 def _flow_overrides(s: Settings) -> dict[str, Any]:
-    """The settings a flow run needs, as JSON-able parameters."""
+    """The settings a flow run needs, as JSON-able parameters; secrets stay in the environment
+    (Prefect records parameters)."""
     return {
         k: (str(v) if isinstance(v, Path) else v)
-        for k, v in s.model_dump(exclude_defaults=True).items()
+        for k, v in s.model_dump(exclude_defaults=True, exclude=SECRETS).items()
     }
 
 

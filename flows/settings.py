@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from pydantic import Field, ValidationError
+from pydantic import Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from stackrec.registry import Registry
@@ -35,11 +35,11 @@ class Settings(BaseSettings):
     kafka_security_protocol: str = "PLAINTEXT"
     kafka_sasl_mechanism: str | None = None
     kafka_sasl_username: str | None = None
-    kafka_sasl_password: str | None = None
+    kafka_sasl_password: SecretStr | None = None
     kafka_ssl_cafile: str | None = None
     # Redis (redis:// or rediss:// for TLS; a password in the URL or below)
     redis_url: str = "redis://127.0.0.1:6379/0"
-    redis_password: str | None = None
+    redis_password: SecretStr | None = None
     redis_prefix: str | None = Field(None, description="default: stackrec:<model>")
     version_ttl_s: int = Field(3600, ge=1, description="grace period of superseded versions")
     # the continual cycle
@@ -91,7 +91,7 @@ class Settings(BaseSettings):
             security_protocol=self.kafka_security_protocol,
             sasl_mechanism=self.kafka_sasl_mechanism,
             sasl_username=self.kafka_sasl_username,
-            sasl_password=self.kafka_sasl_password,
+            sasl_password=_reveal(self.kafka_sasl_password),
             ssl_cafile=self.kafka_ssl_cafile,
         )
 
@@ -106,13 +106,20 @@ class Settings(BaseSettings):
     def redis(self) -> RedisConfig:
         return RedisConfig(
             url=self.redis_url,
-            password=self.redis_password,
+            password=_reveal(self.redis_password),
             prefix=self.redis_prefix or f"stackrec:{self.model}",
             version_ttl_s=self.version_ttl_s,
         )
 
     def registry(self) -> Registry:
         return Registry(self.models_dir)
+
+
+SECRETS = frozenset({"kafka_sasl_password", "redis_password"})
+
+
+def _reveal(secret: SecretStr | None) -> str | None:
+    return secret.get_secret_value() if secret is not None else None
 
 
 def _reject_unknown_env(cls: type[Settings]) -> None:

@@ -50,7 +50,7 @@ class IngestResult:
     dead_lettered: int = 0
     reasons: dict[str, int] = field(default_factory=dict)
     offsets: dict[int, list[int]] = field(default_factory=dict)  # partition -> [first, last]
-    committed: dict[int, int] = field(default_factory=dict)  # partition -> next offset
+    committed: dict[int, int] = field(default_factory=dict)  # partition -> next offset, durable
     segment: int | None = None
     lag: int = 0
     seconds: float = 0.0
@@ -103,6 +103,13 @@ def ingest_batch(
         if on_stage:
             on_stage("consume", mark - started)
             on_stage("log", time.perf_counter() - mark)
+        # commit exactly what is durable: also catches up after a crash before a commit
+        durable = log.next_offsets()
+        result.committed = {
+            tp.partition: durable[tp.partition]
+            for tp in consumer.assignment()
+            if tp.partition in durable
+        }
         if result.committed:
             consumer.commit(
                 {
@@ -121,7 +128,13 @@ def ingest_batch(
 
 
 def _poll_batch(consumer: KafkaConsumer, config: ConsumerConfig) -> list:
+    """Records of one bounded batch; the max-wait clock starts once the group has assigned us
+    partitions (a join takes seconds on Tansu, and must not eat the batch's time)."""
     records: list = []
+    join_deadline = time.monotonic() + 3 * config.session_timeout_ms / 1000
+    while not consumer.assignment() and time.monotonic() < join_deadline:
+        polled = consumer.poll(timeout_ms=100, max_records=config.max_events)
+        records.extend(r for batch in polled.values() for r in batch)
     deadline = time.monotonic() + config.max_wait_s
     while len(records) < config.max_events and time.monotonic() < deadline:
         wait_ms = min(config.idle_poll_ms, max(1, int((deadline - time.monotonic()) * 1000)))
@@ -138,8 +151,7 @@ def _log_batch(records: list, kafka: KafkaConfig, config: ConsumerConfig, log: I
     logged_next = log.next_offsets()
     fresh = [r for r in records if r.offset >= logged_next.get(r.partition, 0)]
     result.skipped = len(records) - len(fresh)
-    if not fresh:  # all redelivered: commit where the log already is
-        result.committed = {r.partition: logged_next[r.partition] for r in records}
+    if not fresh:
         return result
     valid: list[tuple[Event, int, int]] = []
     rejected: list[tuple[object, Rejection]] = []
@@ -159,7 +171,6 @@ def _log_batch(records: list, kafka: KafkaConfig, config: ConsumerConfig, log: I
     for _, rejection in rejected:
         result.reasons[rejection.reason] = result.reasons.get(rejection.reason, 0) + 1
     result.offsets = {p: [first, last] for p, (first, last) in offsets.items()}
-    result.committed = {p: last + 1 for p, (_, last) in offsets.items()}
     return result
 
 

@@ -100,13 +100,18 @@ def validate_fields(payload: Any, now_ms: int | None = None) -> Event | Rejectio
     event_type = payload.get("event_type")
     if event_type is not None and (not isinstance(event_type, str) or len(event_type) > 64):
         return Rejection("bad_type", "event_type must be a string of at most 64 characters")
+    if event_type is not None and not _storable(event_type):
+        return Rejection("bad_value", "event_type is not valid Unicode (lone surrogate)")
     weight = payload.get("weight")
     if weight is not None:
         if isinstance(weight, bool) or not isinstance(weight, int | float):
             return Rejection("bad_type", f"weight must be a number, got {type(weight).__name__}")
+        try:
+            weight = float(weight)
+        except OverflowError:
+            return Rejection("bad_value", "weight is too large for a float")
         if not math.isfinite(weight):
             return Rejection("bad_value", "weight must be finite")
-        weight = float(weight)
     return Event(user, item, ts, event_type, weight)
 
 
@@ -131,9 +136,18 @@ def _normalise_id(value: Any, field: str) -> str | Rejection:
         return Rejection("empty_id", f"{field} is empty")
     if len(text) > MAX_ID_CHARS:
         return Rejection("id_too_long", f"{field} has {len(text)} characters > {MAX_ID_CHARS}")
-    if not text.isprintable():
-        return Rejection("bad_value", f"{field} contains control characters")
+    if not text.isprintable() or not _storable(text):
+        return Rejection("bad_value", f"{field} contains control characters or lone surrogates")
     return text
+
+
+def _storable(text: str) -> bool:
+    """Whether the string survives UTF-8 encoding (JSON escapes can carry lone surrogates)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _reject_constant(name: str) -> None:

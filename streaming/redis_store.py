@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import redis
@@ -42,7 +42,7 @@ class NotPublished(LookupError):
 @dataclass(frozen=True)
 class RedisConfig:
     url: str = "redis://127.0.0.1:6379/0"  # rediss:// for TLS
-    password: str | None = None
+    password: str | None = field(default=None, repr=False)
     prefix: str = "stackrec:default"
     version_ttl_s: int = 3600  # how long a superseded version stays readable
     retries: int = 3

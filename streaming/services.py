@@ -148,6 +148,7 @@ def start(
             f"{name}: port {host}:{port} is busy; stop what uses it or choose "
             f"another port ({port_setting})"
         )
+    command = [shutil.which(command[0]) or command[0], *command[1:]]  # is_running compares exes
     log_path = run_dir / f"{name}.log"
     with open(log_path, "ab") as log:
         process = subprocess.Popen(

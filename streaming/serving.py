@@ -62,12 +62,19 @@ def read_vectors(config: RedisConfig, kind: str = "items") -> tuple[int, dict[st
     """All vectors of one kind ("items" or "users") of the serving version, with the version."""
     client = config.client()
     try:
-        version = _current(client, config)
-        meta = client.hgetall(config.key(f"v{version}", "meta"))
-        dim = int(meta[b"dim"])
-        raw = client.hgetall(config.key(f"v{version}", kind))
-        vectors = {k.decode(): np.frombuffer(b, dtype="<f4", count=dim) for k, b in raw.items()}
-        return version, vectors
+        for _ in range(3):
+            version = _current(client, config)
+            pipe = client.pipeline(transaction=False)
+            pipe.hget(config.key(f"v{version}", "meta"), "dim")
+            pipe.hgetall(config.key(f"v{version}", kind))
+            dim, raw = pipe.execute()
+            if dim is None:
+                continue  # expired under us: resolve current again
+            vectors = {
+                k.decode(): np.frombuffer(b, dtype="<f4", count=int(dim)) for k, b in raw.items()
+            }
+            return version, vectors
+        raise NotPublished(f"version keys under {config.prefix} keep disappearing")
     except redis.RedisError as error:
         raise ServingUnavailable(f"Redis at {config.url} failed: {error}") from None
     finally:

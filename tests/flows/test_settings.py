@@ -136,13 +136,6 @@ def test_settings_are_frozen(env):
         s.topic = "other"
 
 
-@pytest.mark.xfail(
-    reason="BUG: flows/settings.py keeps kafka_sasl_password and redis_password as plain str, "
-    "so repr(Settings), KafkaConfig/RedisConfig reprs and the flow parameters built by "
-    "cli._flow_overrides (recorded by Prefect) carry the secret in clear; use SecretStr and "
-    "field(repr=False)",
-    strict=True,
-)
 def test_passwords_do_not_appear_in_reprs(env):
     env(kafka_sasl_password="hunter2-kafka", redis_password="hunter2-redis")
     s = Settings.load()

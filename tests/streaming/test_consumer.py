@@ -266,12 +266,6 @@ def test_failed_commit_does_not_duplicate_the_batch(stack, config, tmp_path):
     assert sorted(offsets) == sorted((p, o) for p, o, _ in placed + more)
 
 
-@pytest.mark.xfail(
-    reason="BUG: after a crash between the manifest write and the commit, the rebalance "
-    "listener seeks past the logged offsets, nothing is redelivered, and _log_batch commits "
-    "nothing; the group's committed offsets stay behind the log (lag never reaches 0)",
-    strict=True,
-)
 def test_commit_catches_up_with_the_log_after_a_failed_commit(stack, config, tmp_path):
     placed = produce(stack.kafka, config.topic, [valid_value(n) for n in range(10)])
     log = InteractionLog(tmp_path / "log")
@@ -285,12 +279,6 @@ def test_commit_catches_up_with_the_log_after_a_failed_commit(stack, config, tmp
     }
 
 
-@pytest.mark.xfail(
-    reason="BUG: consumer.py _poll_batch starts the max_wait_s clock before the group join, "
-    "which takes ~3 s on Tansu (initial rebalance delay); a batch_max_wait_s below that reads "
-    "nothing, every time, while the topic is full",
-    strict=True,
-)
 def test_a_short_max_wait_still_reads_waiting_messages(stack, config, tmp_path):
     produce(stack.kafka, config.topic, [valid_value(n) for n in range(5)])
     short = replace(config, max_wait_s=2.0)

@@ -171,12 +171,6 @@ def test_readers_never_mix_versions_while_serving_flips(config):
     assert set(seen) == {1, 2}, f"the reader saw only {seen} in {flips} flips"
 
 
-@pytest.mark.xfail(
-    reason="BUG: serving.py read_vectors indexes meta[b'dim'] without checking the version's "
-    "keys still exist; when they expired after `current` was resolved it raises KeyError "
-    "instead of re-resolving current (as recommend does) or raising NotPublished",
-    strict=True,
-)
 def test_read_vectors_of_a_vanished_version_is_not_a_key_error(config, client):
     publish(config, snapshot(1, dim=4))
     for part in PARTS:  # what a reader sees if v1 expires right after it resolved current

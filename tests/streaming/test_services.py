@@ -129,12 +129,6 @@ def test_a_service_that_never_listens_is_stopped_with_its_children(run_dir):
     assert services.read_record(run_dir, "mute") is None
 
 
-@pytest.mark.xfail(
-    reason="BUG: services.is_running compares /proc/<pid>/exe with os.path.realpath(command[0]), "
-    "which resolves a bare name like 'sh' against the cwd; so stop() thinks the process is "
-    "gone and leaves it running (start() should record shutil.which(command[0]))",
-    strict=True,
-)
 def test_a_command_given_by_name_is_still_stopped(run_dir):
     port = services.free_port()
     with pytest.raises(ServiceError):
