@@ -289,7 +289,7 @@ class ScheduleResult:
     model: nn.Module  # the best model by validation score (on the CPU)
     best_epoch: int
     history: list[EpochRecord]
-    optimizer_state: dict  # of the last epoch's trainer, to go on training
+    optimizer_state: dict  # the trainer's state when the best model was taken, to go on
 
     @property
     def train_seconds(self) -> float:
@@ -317,34 +317,24 @@ def train_with_validation(
     """
     trainer = Trainer(model, config, device=device)
     history: list[EpochRecord] = []
-    best, best_epoch, best_score, waited = None, 0, -math.inf, 0
+    best, best_state, best_epoch, best_score, waited = None, {}, 0, -math.inf, 0
     for epoch in range(1, schedule.epochs + 1):
         result = trainer.fit(windows, epochs=1.0, on_step=on_step)
         score = float(validate(trainer.model))
-        record = EpochRecord(
-            epoch,
-            trainer.model.depth,
-            result.mean_loss,
-            score,
-            result.seconds,
-            result.steps,
-            result.targets,
-        )
+        depth = trainer.model.depth
+        record = EpochRecord(epoch, depth, result.mean_loss, score, result.seconds, result.steps,
+                             result.targets)  # fmt: skip
         history.append(record)
         if on_epoch is not None:
             on_epoch(record)
+        waited += 1
         if score > best_score:
-            best, best_epoch, best_score, waited = (
-                copy.deepcopy(trainer.model).cpu(),
-                epoch,
-                score,
-                0,
-            )
-        else:
-            waited += 1
+            best = copy.deepcopy(trainer.model).cpu()
+            best_state = copy.deepcopy(trainer.optimizer_state())  # moments change in place
+            best_epoch, best_score, waited = epoch, score, 0
         if epoch in schedule.stack_at:
             grown = trainer.model.stack(schedule.stack_operator, schedule.stack_mode)
             trainer, waited = Trainer(grown, config, trainer.optimizer_state(), device), 0
         elif schedule.patience is not None and waited >= schedule.patience:
             break
-    return ScheduleResult(best, best_epoch, history, trainer.optimizer_state())
+    return ScheduleResult(best, best_epoch, history, best_state)
