@@ -136,8 +136,19 @@ def test_settings_are_frozen(env):
         s.topic = "other"
 
 
-def test_passwords_do_not_appear_in_reprs(env):
+def test_passwords_do_not_appear_in_reprs_but_reach_the_clients(env):
     env(kafka_sasl_password="hunter2-kafka", redis_password="hunter2-redis")
     s = Settings.load()
     shown = " ".join([repr(s), str(s), repr(s.kafka()), repr(s.redis())])
     assert "hunter2" not in shown
+    assert s.kafka().client_options()["sasl_plain_password"] == "hunter2-kafka"
+    assert s.redis().password == "hunter2-redis"
+
+
+def test_flow_parameters_leave_secrets_in_the_environment(env):
+    """Prefect records flow parameters; a password there would sit in its database."""
+    from flows.cli import _flow_overrides
+
+    env(kafka_sasl_password="hunter2-kafka", redis_password="hunter2-redis", topic="t")
+    overrides = _flow_overrides(Settings.load())
+    assert overrides == {"topic": "t"}
