@@ -12,6 +12,7 @@ network edges, never on bad data.
 
 from __future__ import annotations
 
+import math
 import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -26,6 +27,8 @@ from flows.settings import Settings
 from monitoring import metrics
 from stackrec import continual
 from stackrec.continual import CycleConfig, CycleData, Learner
+from stackrec.gate import GateConfig, Verdict, judge
+from stackrec.growth import Decision, make_policy
 from streaming.consumer import IngestResult, ingest_batch
 from streaming.log import InteractionLog
 from streaming.redis_store import ServingUnavailable, Snapshot, publish
@@ -43,13 +46,15 @@ _LOCAL = {"cache_policy": NO_CACHE}
 @dataclass
 class CycleReport:
     model: str
-    outcome: str  # published | noop
+    outcome: str  # published | rejected | noop
     version: int | None = None
     parent: int | None = None
     events: dict[str, Any] = field(default_factory=dict)
     offsets: dict[str, Any] = field(default_factory=dict)
     prequential: dict[str, dict[str, float]] = field(default_factory=dict)
+    growth: dict[str, Any] = field(default_factory=dict)
     training: dict[str, float] = field(default_factory=dict)
+    gate: dict[str, Any] = field(default_factory=dict)
     model_shape: dict[str, int] = field(default_factory=dict)
     published: dict[str, Any] = field(default_factory=dict)
     stages_s: dict[str, float] = field(default_factory=dict)
@@ -72,20 +77,7 @@ def continual_cycle(overrides: dict[str, Any] | None = None) -> dict[str, Any]:
         history, fresh, through = read_log(settings, learner.trained_through)
         report.events["to_train"] = fresh.num_rows
         if fresh.num_rows:
-            with clock("sequences"):
-                data = prepare(learner, history, fresh)
-            with clock("evaluate"):
-                report.prequential = evaluate(learner, data)
-            with clock("train"):
-                report.training = fine_tune(learner, data, settings)
-            with clock("register"):
-                version = register(settings, learner, report, through, fresh)
-            with clock("publish"):
-                report.published = publish_version(settings, learner, data, version)
-            promote(settings, version, through)
-            report.version, report.outcome = version, "published"
-            report.model_shape = _shape(learner)
-            _record_model(settings.model, report, fresh)
+            _learn(settings, learner, history, fresh, through, report, clock)
         metrics.CYCLES.labels(settings.model, report.outcome).inc()
         metrics.LAST_SUCCESS.labels(settings.model).set_to_current_time()
     except Exception:
@@ -97,6 +89,41 @@ def continual_cycle(overrides: dict[str, Any] | None = None) -> dict[str, Any]:
         if settings.pushgateway:
             metrics.push(settings.pushgateway, job="stackrec", instance=settings.model)
     return asdict(report)
+
+
+def _learn(
+    settings: Settings,
+    learner: Learner,
+    history: pa.Table,
+    fresh: pa.Table,
+    through: int,
+    report: CycleReport,
+    clock: _StageClock,
+) -> None:
+    """evaluate -> maybe stack -> fine-tune -> gate -> register -> publish -> promote."""
+    with clock("sequences"):
+        data = prepare(learner, history, fresh, settings)
+    with clock("evaluate"):
+        report.prequential, serving_holdout = evaluate(learner, data)
+    with clock("stack"):
+        report.growth = maybe_stack(learner, data, report.prequential, settings)
+    with clock("train"):
+        report.training = fine_tune(learner, data, settings)
+    with clock("gate"):
+        report.gate = gate(learner, data, report.training, serving_holdout, settings)
+    report.model_shape = _shape(learner)
+    with clock("register"):
+        version = register(settings, learner, report, through, fresh)
+    report.version = version
+    if not report.gate["promote"]:
+        settings.registry().reject(version, report.gate["reason"])
+        report.outcome = "rejected"
+        return
+    with clock("publish"):
+        report.published = publish_version(settings, learner, data, version)
+    promote(settings, version, through)
+    report.outcome = "published"
+    _record_model(settings.model, report, fresh)
 
 
 # --- tasks: each calls one library function -------------------------------------------------
@@ -124,21 +151,71 @@ def read_log(settings: Settings, trained_through: int) -> tuple[pa.Table, pa.Tab
 
 
 @task(**_LOCAL)
-def prepare(learner: Learner, history: pa.Table, fresh: pa.Table) -> CycleData:
-    return continual.prepare(learner, history, fresh)
+def prepare(learner: Learner, history: pa.Table, fresh: pa.Table, settings: Settings) -> CycleData:
+    return continual.prepare(learner, history, fresh, settings.holdout_share)
 
 
 @task(**_LOCAL)
-def evaluate(learner: Learner, data: CycleData) -> dict[str, dict[str, float]]:
-    return continual.prequential(learner, data)
+def evaluate(learner: Learner, data: CycleData) -> tuple[dict, dict]:
+    """Prequential quality of the serving model, and its score on the gate's holdout."""
+    return continual.prequential(learner, data), continual.holdout_metrics(learner.model, data)
+
+
+@task(**_LOCAL)
+def maybe_stack(
+    learner: Learner, data: CycleData, quality: dict, settings: Settings
+) -> dict[str, Any]:
+    continual.observe(learner, data, quality)
+    if settings.growth_policy == "none":
+        decision = Decision(False, "none", "growth disabled")
+    else:
+        policy = make_policy(
+            settings.growth_policy,
+            settings.max_depth,
+            **(
+                {"factor": settings.growth_factor}
+                if settings.growth_policy == "data_volume"
+                else {}
+            ),
+        )
+        decision = policy.decide(learner.observations)
+    event = continual.grow(learner, decision, settings.stack_operator, settings.stack_mode)
+    metrics.GROWTH_DECISIONS.labels(
+        settings.model, decision.policy, "stack" if decision.grow else "keep"
+    ).inc()
+    if event:
+        metrics.STACKING_EVENTS.labels(settings.model, event["operator"], event["mode"]).inc()
+    return {**decision.as_dict(), "event": event}
 
 
 @task(**_LOCAL)
 def fine_tune(learner: Learner, data: CycleData, settings: Settings) -> dict[str, float]:
-    result = continual.fine_tune(learner, data, _cycle_config(settings))
-    if result is None:
-        return {"steps": 0, "targets": 0, "mean_loss": float("nan"), "seconds": 0.0}
-    return {**asdict(result), "targets_per_s": result.targets / max(result.seconds, 1e-9)}
+    config = _cycle_config(settings)
+    windows = continual.training_windows(data, config, learner.model.config.max_len)
+    return _training_figures(continual.fine_tune(learner, windows, config))
+
+
+@task(**_LOCAL)
+def gate(
+    learner: Learner, data: CycleData, training: dict, serving_holdout: dict, settings: Settings
+) -> dict[str, Any]:
+    """Compare candidate and serving model on the holdout; top up on it if promoted."""
+    candidate = continual.holdout_metrics(learner.model, data)
+    verdict = judge(
+        learner.model,
+        training["mean_loss"],
+        candidate,
+        serving_holdout if learner.parent is not None else None,
+        GateConfig(tolerance=settings.gate_tolerance),
+    )
+    if verdict.promote:
+        topped = _training_figures(continual.top_up(learner, data, _cycle_config(settings)))
+        if not math.isfinite(topped["mean_loss"]) and topped["steps"]:
+            verdict = Verdict(False, f"top-up on the holdout diverged: {topped['mean_loss']}")
+    metrics.GATE_DECISIONS.labels(
+        settings.model, "promoted" if verdict.promote else "rejected"
+    ).inc()
+    return {**asdict(verdict), "holdout_candidate": candidate, "holdout_serving": serving_holdout}
 
 
 @task(**_LOCAL)
@@ -154,6 +231,8 @@ def register(
         "prequential": report.prequential,
         "training": report.training,
         "depth": learner.model.depth,
+        "growth": report.growth,
+        "gate": report.gate,
         "stages_s": dict(report.stages_s),  # up to registration; publish follows
     }
     version = continual.save(settings.registry(), learner, meta)
@@ -226,6 +305,9 @@ class _StageClock:
 
 def _cycle_config(settings: Settings) -> CycleConfig:
     return CycleConfig(
+        kind=settings.model_kind,
+        replay_ratio=settings.replay_ratio,
+        holdout_share=settings.holdout_share,
         dim=settings.dim,
         blocks=settings.blocks,
         max_len=settings.max_len,
@@ -235,6 +317,12 @@ def _cycle_config(settings: Settings) -> CycleConfig:
         top_k=settings.top_k,
         seed=settings.seed,
     )
+
+
+def _training_figures(result) -> dict[str, float]:
+    if result is None:
+        return {"steps": 0, "targets": 0, "mean_loss": 0.0, "seconds": 0.0, "targets_per_s": 0.0}
+    return {**asdict(result), "targets_per_s": result.targets / max(result.seconds, 1e-9)}
 
 
 def _event_counts(ingested: IngestResult) -> dict[str, Any]:

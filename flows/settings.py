@@ -52,6 +52,19 @@ class Settings(BaseSettings):
     blocks: int = Field(2, ge=1)
     max_len: int = Field(50, ge=2)
     lr: float = Field(1e-3, gt=0)
+    model_kind: str = Field("nextitnet", pattern=r"^(nextitnet|sasrec)$")
+    replay_ratio: float = Field(0.5, ge=0, description="replayed windows per new window")
+    holdout_share: float = Field(
+        0.1, ge=0, lt=1, description="latest share of a batch for the gate"
+    )
+    gate_tolerance: float = Field(0.05, ge=0, le=1, description="relative NDCG@10 drop allowed")
+    growth_policy: str = Field("data_volume", pattern=r"^(data_volume|fitted|none)$")
+    growth_factor: float = Field(2.0, gt=1, description="data_volume: stack when data grew this x")
+    max_depth: int = Field(16, ge=1)
+    stack_operator: str = Field(
+        "adjacent", pattern=r"^(adjacent|cross|copy_top_k|embeddings_only)$"
+    )
+    stack_mode: str = Field("function_preserving", pattern=r"^(function_preserving|faithful)$")
     top_k: int = Field(50, ge=1, description="recommendations published per user")
     seed: int = 0
     # metrics

@@ -112,6 +112,12 @@ STACKING_EVENTS = Counter(
     ["model", "operator", "mode"],
     registry=REGISTRY,
 )
+GROWTH_DECISIONS = Counter(
+    "stackrec_growth_decisions_total",
+    "Growth policy decisions by policy and decision (stack, keep).",
+    ["model", "policy", "decision"],
+    registry=REGISTRY,
+)
 GATE_DECISIONS = Counter(
     "stackrec_gate_decisions_total",
     "Promotion gate decisions by outcome (promoted, rejected).",

@@ -11,16 +11,19 @@ online quality estimate.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import torch
+import torch.nn.functional as F
+from torch import nn
 
-from stackrec.checkpoint import from_payload, to_payload
+from stackrec.checkpoint import MODELS, from_payload, to_payload
 from stackrec.evaluate import rank_targets
-from stackrec.nextitnet import NextItNet, NextItNetConfig
+from stackrec.growth import Decision, Observation
 from stackrec.ranking import next_item_metrics
 from stackrec.recommend import top_k
 from stackrec.registry import Registry
@@ -31,12 +34,16 @@ from stackrec.vocab import Vocabulary
 
 @dataclass(frozen=True)
 class CycleConfig:
+    kind: str = "nextitnet"  # model created from scratch: nextitnet | sasrec
     dim: int = 64  # width of a model created from scratch
     blocks: int = 2  # depth of a model created from scratch
     max_len: int = 50  # context length
     train_steps: int = 200  # fine-tuning steps per cycle (bound on cycle time)
     batch_size: int = 128
     lr: float = 1e-3
+    replay_ratio: float = 0.5  # replayed windows per new window, against forgetting
+    replay_half_life: float = 0.25  # recency weighting: weight halves per this share of users
+    holdout_share: float = 0.1  # latest share of the batch held out for the gate
     top_k: int = 50  # recommendations published per user
     publish_users: int = 100_000  # the most recently active users get published top-K
     popular_k: int = 100  # fallback list for users the version does not know
@@ -47,21 +54,30 @@ class CycleConfig:
 class Learner:
     """The model a cycle continues from, with what it has seen."""
 
-    model: NextItNet
+    model: nn.Module
     vocab: Vocabulary
     optimizer_state: dict | None = None
     parent: int | None = None  # registry version it was loaded from
     trained_through: int = 0  # last log segment it has trained on
-    lineage: dict[str, Any] = field(default_factory=dict)
+    lineage: dict[str, Any] = field(default_factory=dict)  # observations, growth decisions
+
+    @property
+    def observations(self) -> list[Observation]:
+        return [Observation(**o) for o in self.lineage.get("observations", [])]
 
 
 @dataclass(frozen=True)
 class CycleData:
-    sequences: Sequences
+    sequences: Sequences  # every event, old and new
+    train_sequences: Sequences  # every event but the gate's holdout
     user_ids: np.ndarray  # [U] str, user index -> id
     is_new: np.ndarray  # [E] bool over all events: in this cycle's batch
+    is_holdout: np.ndarray  # [E] bool: the batch's latest events, kept from training for the gate
     first_seen: np.ndarray  # [E] bool: the event's item entered the vocabulary this cycle
-    batch_users: np.ndarray  # user indices active in this cycle's batch
+    batch_users: np.ndarray  # user indices with training events in this cycle's batch
+    holdout_users: np.ndarray  # user indices with events in the holdout slice
+    last_active: np.ndarray  # [U] row of each user's latest event (recency for replay)
+    n_events: int  # events in the log through this batch: the data the model will have seen
     n_new_items: int
 
 
@@ -69,16 +85,11 @@ def resume(registry: Registry, config: CycleConfig) -> Learner:
     """The serving version, or a fresh model when the registry has none."""
     version = registry.current()
     if version is None:
-        vocab = Vocabulary()
-        model = NextItNet(
-            NextItNetConfig(
-                n_items=max(len(vocab), 2),
-                dim=config.dim,
-                n_blocks=config.blocks,
-                max_len=config.max_len,
-            )
+        model_cls, config_cls = MODELS[config.kind]
+        shape = config_cls(
+            n_items=2, dim=config.dim, n_blocks=config.blocks, max_len=config.max_len
         )
-        return Learner(model, vocab)
+        return Learner(model_cls(shape), Vocabulary())
     model, vocab, optimizer_state, extra = from_payload(registry.load(version))
     meta = registry.meta(version)
     return Learner(
@@ -91,50 +102,141 @@ def resume(registry: Registry, config: CycleConfig) -> Learner:
     )
 
 
-def prepare(learner: Learner, history: pa.Table, fresh: pa.Table) -> CycleData:
+def prepare(
+    learner: Learner, history: pa.Table, fresh: pa.Table, holdout_share: float = 0.1
+) -> CycleData:
     """Grow the vocabulary for new items and build every user's sequence, old then new."""
     before = len(learner.vocab)
     learner.vocab.add(fresh.column("item_id").to_pylist())
     if len(learner.vocab) > learner.model.config.n_items:
         learner.model.grow_items(len(learner.vocab))
-    events = pa.concat_tables(
-        [history.select(["user_id", "item_id", "ts"]), fresh.select(["user_id", "item_id", "ts"])]
-    )
+    columns = ["user_id", "item_id", "ts"]
+    events = pa.concat_tables([history.select(columns), fresh.select(columns)])
     encoded = pc.dictionary_encode(events.column("user_id")).combine_chunks()
     items = learner.vocab.lookup(np.asarray(events.column("item_id").to_pylist(), dtype=object))
     users = encoded.indices.to_numpy().astype(np.int64)
-    sequences = Sequences.from_arrays(users, items, events.column("ts").to_numpy())
+    ts = events.column("ts").to_numpy()
     is_new = np.zeros(events.num_rows, dtype=bool)
     is_new[history.num_rows :] = True
+    is_holdout = _latest(is_new, ts, holdout_share)
+    trainable = ~is_holdout
+    last_active = np.zeros(len(encoded.dictionary), dtype=np.int64)
+    np.maximum.at(last_active, users, np.arange(len(users)))
     return CycleData(
-        sequences=sequences,
+        sequences=Sequences.from_arrays(users, items, ts),
+        train_sequences=Sequences.from_arrays(users[trainable], items[trainable], ts[trainable]),
         user_ids=np.asarray(encoded.dictionary.to_pylist(), dtype=object),
         is_new=is_new,
+        is_holdout=is_holdout,
         first_seen=is_new & (items >= before),
-        batch_users=np.unique(users[history.num_rows :]),
+        batch_users=np.unique(users[is_new & trainable]),
+        holdout_users=np.unique(users[is_holdout]),
+        last_active=last_active,
+        n_events=events.num_rows,
         n_new_items=len(learner.vocab) - before,
     )
 
 
-def prequential(learner: Learner, data: CycleData) -> dict[str, dict[str, float]]:
-    """HR/NDCG/MRR@10 of the current model on the batch, before training; all/new/known items.
+def _latest(is_new: np.ndarray, ts: np.ndarray, share: float) -> np.ndarray:
+    """The latest ``share`` of the flagged events by time (ties broken by log order)."""
+    flagged = np.flatnonzero(is_new)
+    n = int(len(flagged) * share)
+    chosen = np.zeros_like(is_new)
+    if n:
+        order = flagged[np.argsort(ts[flagged], kind="stable")]
+        chosen[order[-n:]] = True
+    return chosen
 
-    Full ranking over every item, history not masked (users may come back to an item).
+
+def prequential(learner: Learner, data: CycleData) -> dict[str, dict[str, float]]:
+    """HR/NDCG/MRR@10 of the serving model on the batch, before training; all/new/known items.
+
+    Full ranking over every item, history not masked (users may come back to an item). Also
+    the mean cross-entropy (``loss``), which the fitted growth policy models.
     """
     contexts, targets, kept = data.sequences.contexts_for(data.is_new, learner.model.config.max_len)
     ranks = rank_targets(learner.model, contexts, targets)
     new_item = data.first_seen[kept]
+    overall = next_item_metrics(ranks) | {
+        "loss": mean_cross_entropy(learner.model, contexts, targets)
+    }
     return {
-        "all": next_item_metrics(ranks),
+        "all": overall,
         "new": next_item_metrics(ranks[new_item]),
         "known": next_item_metrics(ranks[~new_item]),
     }
 
 
-def fine_tune(learner: Learner, data: CycleData, config: CycleConfig) -> TrainResult | None:
-    """Bounded fine-tuning on the batch users' latest windows, optimizer state kept warm."""
-    windows = data.sequences.windows(learner.model.config.max_len, users=data.batch_users)
-    windows = windows[(windows[:, 1:] > 0).sum(1) > 0]
+def holdout_metrics(model: nn.Module, data: CycleData) -> dict[str, float]:
+    """HR/NDCG/MRR@10 on the gate's holdout slice (the batch's latest events)."""
+    contexts, targets, _ = data.sequences.contexts_for(data.is_holdout, model.config.max_len)
+    return next_item_metrics(rank_targets(model, contexts, targets))
+
+
+@torch.no_grad()
+def mean_cross_entropy(
+    model: nn.Module, contexts: torch.Tensor, targets: torch.Tensor, batch_size: int = 512
+) -> float:
+    """Mean next-item cross-entropy over all items (nan when there is nothing to score)."""
+    if len(targets) == 0:
+        return float("nan")
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    items = model.item_vectors().to(device)
+    total = 0.0
+    for start in range(0, len(targets), batch_size):
+        scores = model.user_vectors(contexts[start : start + batch_size].to(device)) @ items.T
+        scores[:, 0] = -torch.inf
+        target = targets[start : start + batch_size].to(device)
+        total += float(F.cross_entropy(scores.float(), target, reduction="sum"))
+    model.train(was_training)
+    return total / len(targets)
+
+
+def observe(learner: Learner, data: CycleData, quality: dict[str, dict[str, float]]) -> None:
+    """Add this cycle to the learner's history (what the growth policies fit)."""
+    observation = Observation(
+        events_seen=data.n_events,
+        block_parameters=sum(p.numel() for p in learner.model.blocks.parameters()),
+        depth=learner.model.depth,
+        loss=float(quality["all"].get("loss", float("nan"))),
+    )
+    learner.lineage.setdefault("observations", []).append(asdict(observation))
+
+
+def grow(learner: Learner, decision: Decision, operator: str, mode: str) -> dict | None:
+    """Stack the model if the policy said so; returns the growth event (None: unchanged)."""
+    learner.lineage.setdefault("decisions", []).append(decision.as_dict())
+    if not decision.grow:
+        return None
+    learner.model = learner.model.stack(operator=operator, mode=mode)
+    if mode == "faithful":  # the reference recipe restarts the optimizer after growth
+        learner.optimizer_state = None
+    return learner.model.config.lineage[-1]
+
+
+def training_windows(data: CycleData, config: CycleConfig, max_len: int) -> torch.Tensor:
+    """The batch users' windows plus a recency-weighted replay sample of everyone else's."""
+    new = data.train_sequences.windows(max_len, users=data.batch_users)
+    others = np.setdiff1d(data.train_sequences.users, data.batch_users)
+    n_replay = int(len(new) * config.replay_ratio)
+    if n_replay == 0 or len(others) == 0:
+        return new
+    rng = np.random.default_rng(config.seed + data.n_events)
+    recency = np.argsort(np.argsort(-data.last_active[others]))  # 0 = most recent user
+    weights = 0.5 ** (recency / max(1.0, config.replay_half_life * len(others)))
+    picked = rng.choice(
+        others, size=min(n_replay, len(others)), replace=False, p=weights / weights.sum()
+    )
+    replay = data.train_sequences.windows(max_len, users=np.sort(picked))
+    replay = replay[torch.from_numpy(rng.permutation(len(replay))[:n_replay])]
+    return torch.cat([new, replay])
+
+
+def fine_tune(learner: Learner, windows: torch.Tensor, config: CycleConfig) -> TrainResult | None:
+    """Exactly ``train_steps`` steps on ``windows``, the optimizer state kept warm."""
+    windows = windows[(windows[:, :-1] > 0).logical_and(windows[:, 1:] > 0).any(1)]
     if len(windows) == 0 or config.train_steps == 0:
         return None
     trainer = Trainer(
@@ -143,11 +245,21 @@ def fine_tune(learner: Learner, data: CycleData, config: CycleConfig) -> TrainRe
         optimizer_state=learner.optimizer_state,
     )
     n_batches = math.ceil(len(windows) / config.batch_size)
-    # exactly train_steps steps: ceil(epochs * n_batches) == train_steps, schedule completes
+    # ceil(epochs * n_batches) == train_steps: the schedule completes, nothing left to resume
     result = trainer.fit(windows, epochs=(config.train_steps - 0.5) / n_batches)
     learner.optimizer_state = trainer.optimizer_state()
     learner.model = trainer.model.cpu()
     return result
+
+
+def top_up(learner: Learner, data: CycleData, config: CycleConfig) -> TrainResult | None:
+    """After the gate: a proportional number of steps on the held-out users' latest windows,
+    so the holdout slice is trained on too before the version is registered."""
+    if len(data.holdout_users) == 0:
+        return None
+    steps = max(1, math.ceil(config.train_steps * config.holdout_share))
+    windows = data.sequences.windows(learner.model.config.max_len, users=data.holdout_users)
+    return fine_tune(learner, windows, replace(config, train_steps=steps))
 
 
 def save(registry: Registry, learner: Learner, meta: dict[str, Any]) -> int:

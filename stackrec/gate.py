@@ -1,0 +1,72 @@
+"""The promotion gate: a candidate serves only if it is not worse than the serving model.
+
+Both models are scored on the same fixed slice: the most recent events of the cycle's batch,
+which the candidate has not trained on (a forward-in-time holdout). The candidate is rejected
+when its training loss or weights are not finite (a diverged run), or when its NDCG@10 on the
+slice falls more than ``tolerance`` (relative) below the serving model's. A first model has
+nothing to be compared with and passes if it is finite.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class GateConfig:
+    metric: str = "ndcg@10"
+    tolerance: float = 0.05  # relative drop allowed, e.g. 0.05 = 5 % worse still passes
+    min_events: int = 50  # below this the slice is too small to judge: pass if finite
+
+
+@dataclass(frozen=True)
+class Verdict:
+    promote: bool
+    reason: str
+    candidate: float | None = None
+    serving: float | None = None
+
+
+def judge(
+    candidate: torch.nn.Module,
+    training_loss: float,
+    candidate_metrics: dict[str, float],
+    serving_metrics: dict[str, float] | None,
+    config: GateConfig = GateConfig(),
+) -> Verdict:
+    """Whether the candidate may replace the serving model, and why."""
+    if not math.isfinite(training_loss):
+        return Verdict(False, f"training loss is {training_loss}: the run diverged")
+    if not all(torch.isfinite(p).all() for p in candidate.parameters()):
+        return Verdict(False, "candidate has non-finite weights")
+    score = candidate_metrics.get(config.metric, 0.0)
+    if serving_metrics is None:
+        return Verdict(True, "first model: nothing to compare with", score)
+    baseline = serving_metrics.get(config.metric, 0.0)
+    n = int(candidate_metrics.get("n", 0))
+    if n < config.min_events:
+        return Verdict(
+            True,
+            f"holdout has {n} events < {config.min_events}: passed on finiteness",
+            score,
+            baseline,
+        )
+    floor = baseline * (1 - config.tolerance)
+    if score < floor:
+        return Verdict(
+            False,
+            f"{config.metric} {score:.4f} < {floor:.4f} (serving "
+            f"{baseline:.4f} - {config.tolerance:.0%})",
+            score,
+            baseline,
+        )
+    return Verdict(
+        True,
+        f"{config.metric} {score:.4f} >= {floor:.4f} (serving {baseline:.4f}"
+        f" - {config.tolerance:.0%})",
+        score,
+        baseline,
+    )
