@@ -150,6 +150,13 @@ def _rank_sampled(model, held, protocol, item_counts, batch_size, device) -> np.
         keys = log_w - torch.log(-torch.log(uniform))
         keys.scatter_(1, held.seen[rows], float("-inf"))
         keys.scatter_(1, targets[:, None], float("-inf"))
+        short = (keys > float("-inf")).sum(1) < protocol.n_negatives
+        if bool(short.any()):
+            row = start + int(short.nonzero()[0, 0])
+            raise ValueError(
+                f"target {row} has fewer than {protocol.n_negatives} unseen items to sample "
+                f"as negatives (the catalogue has {n_items - 1} items)"
+            )
         negatives = keys.topk(protocol.n_negatives, dim=1).indices  # [B, n_negatives]
         candidates = torch.cat([targets[:, None], negatives], dim=1)
         scores = _full_scores(model, held.contexts[rows], device).cpu()

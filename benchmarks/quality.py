@@ -1,0 +1,345 @@
+"""Quality side by side: our SASRec and NextItNet against RecBole 1.2.1's, same split, same metrics.
+
+Both sides get the same data, the same leave-one-out split (last item test, second-to-last
+validation), the same width, depth, sequence length, dropout, learning rate, batch size and
+epoch budget, and early stopping on validation NDCG@10 with the same patience. RecBole trains
+with its own data pipeline and trainer (its leave-one-out split, ``LS: valid_and_test``, is the
+same split); the final test ranking of *both* models is done here, by ``stackrec.evaluate``:
+full ranking over all items with the user's earlier items removed, ties counted against the
+target. Throughput is training targets per second (next-item predictions that carry a loss).
+
+RecBole lives in its own virtualenv, outside the repository (its pins clash with ours):
+
+    python3.11 -m venv /work/recbole-venv
+    /work/recbole-venv/bin/pip install torch==2.13.0 recbole==1.2.1
+
+RecBole switches on ``torch.autograd.set_detect_anomaly(True)`` when imported, which slows its
+training several times; the worker switches it off again, so the comparison is fair to it.
+
+Run (one benchmark at a time; two multi-threaded jobs on two cores slow each other down):
+
+    nice -n 10 .venv/bin/python benchmarks/quality.py --datasets ml-100k --epochs 20
+    nice -n 10 .venv/bin/python benchmarks/quality.py --datasets beauty --models sasrec --epochs 30
+
+It prints one JSON document and a Markdown table, and writes both under benchmarks/results/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DATASETS = ROOT.parent / "shared" / "datasets"
+FILES = {"ml-100k": "ml-100k/ml-100k.inter", "beauty": "beauty/beauty.txt.gz"}
+RECBOLE_PYTHON = Path("/work/recbole-venv/bin/python")
+PUBLISHED = {  # Klenitskiy & Vasilev, RecSys 2023, SASRec with full cross-entropy on Beauty
+    "beauty": {"hr@10": 0.0533, "ndcg@10": 0.0327, "source": "Klenitskiy & Vasilev 2023"}
+}
+KS = (10,)
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """What both implementations are given."""
+
+    model: str
+    dim: int = 64
+    blocks: int = 2
+    heads: int = 1
+    max_len: int = 50
+    dropout: float = 0.2
+    lr: float = 1e-3
+    batch_size: int = 128
+    epochs: int = 20
+    patience: int = 5
+    seed: int = 0
+
+
+# -- ours -------------------------------------------------------------------------------------
+def run_ours(dataset: str, recipe: Recipe, workdir: Path) -> dict:
+    """Train and test our model; also write the data and test targets for the RecBole worker."""
+    import numpy as np
+    import torch
+
+    from stackrec.checkpoint import MODELS
+    from stackrec.datasets import read_interactions
+    from stackrec.evaluate import Protocol, evaluate_held_out
+    from stackrec.sequences import Sequences
+    from stackrec.splits import leave_one_out
+    from stackrec.train import Schedule, TrainConfig, train_with_validation
+    from stackrec.vocab import Vocabulary
+
+    began = time.perf_counter()
+    table = read_interactions(DATASETS / FILES[dataset])
+    column = {
+        name: table.column(name).to_numpy(zero_copy_only=False) for name in table.column_names
+    }
+    items, users = Vocabulary(), Vocabulary()
+    items.add(column["item_id"])
+    users.add(column["user_id"])
+    events = (users.lookup(column["user_id"]), items.lookup(column["item_id"]), column["ts"])
+    split = leave_one_out(Sequences.from_arrays(*events), recipe.max_len)
+    _write_for_recbole(workdir, dataset, events, split.test)
+
+    torch.manual_seed(recipe.seed)
+    model_cls, config_cls = MODELS[recipe.model]
+    settings = dict(n_items=len(items), dim=recipe.dim, n_blocks=recipe.blocks,
+                    max_len=recipe.max_len, dropout=recipe.dropout)  # fmt: skip
+    if recipe.model == "sasrec":
+        settings["n_heads"] = recipe.heads
+    model = model_cls(config_cls(**settings))
+    full = Protocol("full", mask_history=True)
+    windows = split.train.windows(recipe.max_len)
+    result = train_with_validation(
+        model,
+        windows,
+        TrainConfig(lr=recipe.lr, batch_size=recipe.batch_size, seed=recipe.seed),
+        Schedule(epochs=recipe.epochs, patience=recipe.patience),
+        validate=lambda m: evaluate_held_out(m, split.valid, full, ks=KS)["ndcg@10"],
+        on_epoch=lambda r: print(f"  ours {recipe.model} {r}", file=sys.stderr),
+    )
+    test = evaluate_held_out(result.model, split.test, full, ks=KS)
+    epochs = len(result.history)
+    return {
+        "implementation": "stackrec",
+        "test": test,
+        "epochs": epochs,
+        "best_epoch": result.best_epoch,
+        "wall_s": round(time.perf_counter() - began, 1),
+        "s_per_epoch": round(result.train_seconds / epochs, 2),
+        "targets_per_s": round(result.targets / result.train_seconds, 1),
+        "train_targets_per_epoch": int(result.targets / epochs),
+        "n_items": len(items) - 1,
+        "test_users": int(np.asarray(split.test.users).size),
+    }
+
+
+def _write_for_recbole(workdir: Path, dataset: str, events, test) -> None:
+    """The interactions as a RecBole atomic file (tokens = our indices) and our test targets."""
+    import numpy as np
+    import torch
+
+    users, items, ts = events
+    folder = workdir / dataset
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / f"{dataset}.inter", "w") as out:
+        out.write("user_id:token\titem_id:token\ttimestamp:float\n")
+        for row in zip(users.tolist(), items.tolist(), ts.tolist(), strict=True):
+            out.write("{}\t{}\t{}\n".format(*row))
+    torch.save({"contexts": test.contexts, "targets": test.targets, "seen": test.seen},
+               workdir / "test.pt")  # fmt: skip
+    np.save(workdir / "n_items.npy", np.array([int(items.max()) + 1]))
+
+
+# -- RecBole (runs inside /work/recbole-venv) ---------------------------------------------------
+RECBOLE_CONFIG = {
+    "sasrec": lambda r: {
+        "n_layers": r.blocks,
+        "n_heads": r.heads,
+        "hidden_size": r.dim,
+        "inner_size": r.dim,  # as our SASRec: feed-forward width = dim
+        "hidden_dropout_prob": r.dropout,
+        "attn_dropout_prob": r.dropout,
+    },
+    "nextitnet": lambda r: {
+        "embedding_size": r.dim,
+        "block_num": r.blocks,
+        "dilations": [1, 4],
+        "kernel_size": 3,
+        "reg_weight": 0.0,
+    },
+}
+
+
+def run_recbole_worker(dataset: str, recipe: Recipe, workdir: Path) -> dict:
+    import numpy as np
+    import torch
+
+    torch.autograd.set_detect_anomaly(False)
+    from recbole.config import Config
+    from recbole.data import create_dataset, data_preparation
+    from recbole.data.interaction import Interaction
+    from recbole.utils import get_model, get_trainer, init_seed
+
+    torch.autograd.set_detect_anomaly(False)  # RecBole turns it on at import
+    sys.path.insert(0, str(ROOT))
+    from stackrec.evaluate import rank_rows
+    from stackrec.ranking import next_item_metrics
+
+    name = {"sasrec": "SASRec", "nextitnet": "NextItNet"}[recipe.model]
+    config = Config(
+        model=name,
+        dataset=dataset,
+        config_dict={
+            "data_path": str(workdir),
+            "USER_ID_FIELD": "user_id",
+            "ITEM_ID_FIELD": "item_id",
+            "TIME_FIELD": "timestamp",
+            "load_col": {"inter": ["user_id", "item_id", "timestamp"]},
+            "MAX_ITEM_LIST_LENGTH": recipe.max_len,
+            "eval_args": {"split": {"LS": "valid_and_test"}, "order": "TO", "mode": "full"},
+            "train_neg_sample_args": None,
+            "loss_type": "CE",
+            "epochs": recipe.epochs,
+            "stopping_step": recipe.patience,
+            "learning_rate": recipe.lr,
+            "train_batch_size": recipe.batch_size,
+            "eval_batch_size": 2048,
+            "valid_metric": "NDCG@10",
+            "metrics": ["Hit", "NDCG", "MRR"],
+            "topk": [10],
+            "seed": recipe.seed,
+            "device": "cpu",
+            "use_gpu": False,
+            "show_progress": False,
+            "checkpoint_dir": str(workdir / "saved"),
+            **RECBOLE_CONFIG[recipe.model](recipe),
+        },
+    )
+    init_seed(config["seed"], config["reproducibility"])
+    data = create_dataset(config)
+    train_data, valid_data, _ = data_preparation(config, data)
+    model = get_model(name)(config, train_data.dataset)
+    trainer = get_trainer(config["MODEL_TYPE"], name)(config, model)
+    epoch_seconds: list[float] = []
+    train_epoch = trainer._train_epoch
+
+    def timed_epoch(*args, **kwargs):
+        began = time.perf_counter()
+        out = train_epoch(*args, **kwargs)
+        epoch_seconds.append(time.perf_counter() - began)
+        return out
+
+    trainer._train_epoch = timed_epoch
+    began = time.perf_counter()
+    trainer.fit(train_data, valid_data, saved=True, show_progress=False)
+    wall = time.perf_counter() - began
+    best = torch.load(trainer.saved_model_file, weights_only=False)
+    model.load_state_dict(best["state_dict"])
+    model.eval()
+
+    test = torch.load(workdir / "test.pt")
+    n_ours = int(np.load(workdir / "n_items.npy")[0])
+    tokens = [str(i) for i in range(1, n_ours)]
+    to_recbole = torch.zeros(n_ours, dtype=torch.long)
+    to_recbole[1:] = torch.as_tensor(data.token2id("item_id", tokens))
+    ranks = []
+    with torch.no_grad():
+        for start in range(0, len(test["targets"]), 1024):
+            contexts = test["contexts"][start : start + 1024]
+            lengths = (contexts != 0).sum(1)
+            right = torch.zeros_like(contexts)  # RecBole pads on the right
+            for row, (context, length) in enumerate(zip(contexts, lengths, strict=True)):
+                right[row, :length] = to_recbole[context[context != 0]]
+            scores_recbole = model.full_sort_predict(
+                Interaction({"item_id_list": right, "item_length": lengths})
+            )
+            scores = scores_recbole[:, to_recbole]  # column i = our item i
+            seen = test["seen"][start : start + 1024]
+            ranks.append(rank_rows(scores, test["targets"][start : start + 1024], seen))
+    train_seconds = sum(epoch_seconds)
+    targets = len(train_data.dataset)  # RecBole's augmented data: one row per training target
+    return {
+        "implementation": "recbole-1.2.1",
+        "test": next_item_metrics(torch.cat(ranks).numpy(), KS),
+        "epochs": len(epoch_seconds),
+        "best_epoch": int(best.get("epoch", -1)) + 1,
+        "wall_s": round(wall, 1),
+        "s_per_epoch": round(train_seconds / max(len(epoch_seconds), 1), 2),
+        "targets_per_s": round(targets * len(epoch_seconds) / train_seconds, 1),
+        "train_targets_per_epoch": targets,
+        "anomaly_detection": "switched off",
+    }
+
+
+def run_recbole(dataset: str, recipe: Recipe, workdir: Path) -> dict:
+    if not RECBOLE_PYTHON.exists():
+        return {"implementation": "recbole-1.2.1", "error": f"no {RECBOLE_PYTHON}; see docstring"}
+    command = [str(RECBOLE_PYTHON), __file__, "--worker", dataset, json.dumps(asdict(recipe)),
+               str(workdir)]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        tail = done.stderr.strip().splitlines()[-5:]
+        return {"implementation": "recbole-1.2.1", "error": " | ".join(tail)}
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+# -- report -----------------------------------------------------------------------------------
+def markdown(rows: list[dict]) -> str:
+    lines = [
+        "| dataset | model | implementation | HR@10 | NDCG@10 | MRR@10 | epochs | s/epoch | "
+        "targets/s | wall s |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        if "error" in row:
+            lines.append(f"| {row['dataset']} | {row['model']} | {row['implementation']} | "
+                         f"error: {row['error'][:80]} |||||||")  # fmt: skip
+            continue
+        t = row["test"]
+        lines.append(
+            f"| {row['dataset']} | {row['model']} | {row['implementation']} | {t['hr@10']:.4f} | "
+            f"{t['ndcg@10']:.4f} | {t['mrr@10']:.4f} | {row['epochs']} | {row['s_per_epoch']} | "
+            f"{row['targets_per_s']} | {row['wall_s']} |"
+        )
+    for dataset, ref in PUBLISHED.items():
+        if any(r["dataset"] == dataset for r in rows):
+            lines.append(f"| {dataset} | sasrec | published ({ref['source']}) | {ref['hr@10']} | "
+                         f"{ref['ndcg@10']} | | | | | |")  # fmt: skip
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--datasets", nargs="+", default=["ml-100k", "beauty"], choices=FILES)
+    parser.add_argument("--models", nargs="+", default=["sasrec", "nextitnet"],
+                        choices=["sasrec", "nextitnet"])  # fmt: skip
+    parser.add_argument("--epochs", type=int, default=20)
+    parser.add_argument("--patience", type=int, default=5)
+    parser.add_argument("--dropout", type=float, default=0.2)
+    parser.add_argument("--skip-recbole", action="store_true")
+    parser.add_argument("--worker", nargs=3, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        dataset, recipe, workdir = args.worker
+        result = run_recbole_worker(dataset, Recipe(**json.loads(recipe)), Path(workdir))
+        print(json.dumps(result))
+        return
+    sys.path.insert(0, str(ROOT))
+    rows = []
+    for dataset in args.datasets:
+        for model in args.models:
+            recipe = Recipe(model, epochs=args.epochs, patience=args.patience, dropout=args.dropout)
+            with tempfile.TemporaryDirectory() as tmp:
+                ours = run_ours(dataset, recipe, Path(tmp))
+                rows.append({"dataset": dataset, "model": model, **ours})
+                if not args.skip_recbole:
+                    rows.append({"dataset": dataset, "model": model,
+                                 **run_recbole(dataset, recipe, Path(tmp))})  # fmt: skip
+            print(markdown(rows[-2:]), file=sys.stderr)
+    recipe = Recipe("*", epochs=args.epochs, patience=args.patience, dropout=args.dropout)
+    report = {
+        "recipe": asdict(recipe),
+        "protocol": "leave-one-out, full ranking, history masked, ties against the target",
+        "published": PUBLISHED,
+        "rows": rows,
+    }
+    table = markdown(rows)
+    out = ROOT / "benchmarks" / "results"
+    out.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    (out / f"quality-{stamp}.json").write_text(json.dumps(report, indent=2))
+    (out / f"quality-{stamp}.md").write_text(table + "\n")
+    print(json.dumps(report, indent=2))
+    print(table)
+
+
+if __name__ == "__main__":
+    main()
