@@ -316,3 +316,7 @@ def _register_offline() -> None:
 
 
 _register_offline()
+
+from flows import serve  # noqa: E402  (last: it reads this module's settings lazily)
+
+app.command(name="serve")(user_errors(serve.serve))
