@@ -317,6 +317,7 @@ def _register_offline() -> None:
 
 _register_offline()
 
-from flows import serve  # noqa: E402  (last: it reads this module's settings lazily)
+from flows import report, serve  # noqa: E402  (last: they read this module's settings lazily)
 
 app.command(name="serve")(user_errors(serve.serve))
+app.command(name="report")(user_errors(report.report))
