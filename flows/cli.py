@@ -8,7 +8,6 @@ tracebacks are for bugs. Prefect is imported only by the commands that run flows
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import sys
@@ -19,17 +18,14 @@ from urllib.parse import urlparse
 
 import typer
 
+from flows.errors import user_errors
 from flows.settings import SECRETS, Settings, SettingsError
-from stackrec.datasets import DatasetError, read_interactions
-from stackrec.registry import RegistryError
+from stackrec.datasets import read_interactions
 from stackrec.synthetic import StreamConfig, generate
-from streaming.events import Event, InvalidEvent
-from streaming.log import LogError
+from streaming.events import Event
 from streaming.producer import EventProducer, send_events
-from streaming.redis_store import NotPublished, ServingUnavailable
-from streaming.services import ServiceError
 from streaming.serving import recommend as read_recommendation
-from streaming.topics import BrokerUnavailable, ensure_topics
+from streaming.topics import ensure_topics
 
 app = typer.Typer(
     add_completion=False,
@@ -38,36 +34,7 @@ app = typer.Typer(
     help="Continual learning for sequential recommenders on event streams.",
 )
 
-USER_ERRORS = (
-    SettingsError,
-    DatasetError,
-    ServiceError,
-    BrokerUnavailable,
-    ServingUnavailable,
-    NotPublished,
-    RegistryError,
-    LogError,
-    InvalidEvent,
-    FileNotFoundError,
-)
 _OVERRIDES: dict[str, Any] = {}
-
-
-def user_errors(command: Callable) -> Callable:
-    """Turn the errors a user can cause into one line on stderr and exit status 1."""
-
-    @functools.wraps(command)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return command(*args, **kwargs)
-        except USER_ERRORS as error:
-            typer.echo(f"error: {error}", err=True)
-            raise typer.Exit(1) from None
-        except KeyboardInterrupt:
-            typer.echo("interrupted", err=True)
-            raise typer.Exit(130) from None
-
-    return wrapper
 
 
 def settings(**overrides: Any) -> Settings:
@@ -321,3 +288,7 @@ from flows import report, serve  # noqa: E402  (last: they read this module's se
 
 app.command(name="serve")(user_errors(serve.serve))
 app.command(name="report")(user_errors(report.report))
+
+from flows import models  # noqa: E402  (sub-apps register after the app exists)
+
+app.add_typer(models.app, name="models")

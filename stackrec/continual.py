@@ -90,6 +90,11 @@ def resume(registry: Registry, config: CycleConfig) -> Learner:
             n_items=2, dim=config.dim, n_blocks=config.blocks, max_len=config.max_len
         )
         return Learner(model_cls(shape), Vocabulary())
+    return resume_version(registry, version)
+
+
+def resume_version(registry: Registry, version: int) -> Learner:
+    """A stored version as a learner, with the log position it has trained through."""
     model, vocab, optimizer_state, extra = from_payload(registry.load(version))
     meta = registry.meta(version)
     return Learner(
