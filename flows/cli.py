@@ -79,7 +79,10 @@ def up(
     report = stack.up(s.run_dir, _kafka_address(s), _redis_address(s))
     ensure_topics(s.kafka(), s.topic, s.partitions)
     if with_monitoring:
-        config = stack.MonitoringConfig.of(s.pushgateway, s.metrics_host, s.metrics_port)
+        prometheus_port = getattr(s, "prometheus_port", 9090)  # a setting the lead may add
+        config = stack.MonitoringConfig.of(
+            s.pushgateway, s.metrics_host, s.metrics_port, prometheus_port
+        )
         report |= stack.up_monitoring(s.run_dir, config)
         if not s.pushgateway:
             typer.echo("flow runs push metrics once STACKREC_PUSHGATEWAY=127.0.0.1:9091", err=True)

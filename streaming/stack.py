@@ -32,8 +32,14 @@ class MonitoringConfig:
     scrape_interval_s: float | None = None  # None: the shipped config's (15 s)
 
     @classmethod
-    def of(cls, pushgateway: str | None, metrics_host: str, metrics_port: int) -> MonitoringConfig:
-        """From the settings: the configured Pushgateway (host:port) and /metrics address."""
+    def of(
+        cls,
+        pushgateway: str | None,
+        metrics_host: str,
+        metrics_port: int,
+        prometheus_port: int = 9090,
+    ) -> MonitoringConfig:
+        """From the settings: the Pushgateway (host:port), /metrics, and Prometheus's port."""
         gateway = cls.pushgateway
         if pushgateway:
             host, _, port = pushgateway.removeprefix("http://").rstrip("/").rpartition(":")
@@ -42,7 +48,11 @@ class MonitoringConfig:
                     f"STACKREC_PUSHGATEWAY={pushgateway!r}: expected host:port"
                 )
             gateway = (host or "127.0.0.1", int(port))
-        return cls(pushgateway=gateway, exporter=(metrics_host, metrics_port))
+        return cls(
+            prometheus=("127.0.0.1", prometheus_port),
+            pushgateway=gateway,
+            exporter=(metrics_host, metrics_port),
+        )
 
 
 def up(run_dir: Path, kafka: tuple[str, int], redis_at: tuple[str, int]) -> dict[str, dict]:
@@ -74,23 +84,30 @@ def up_monitoring(run_dir: Path, config: MonitoringConfig = MonitoringConfig()) 
     config_path = run_dir / "prometheus.yml"
     config_path.write_text(render(targets, config.scrape_interval_s))
     data_dir = run_dir / "prometheus-data"
-    hint = "the monitoring defaults 127.0.0.1:9090 and 127.0.0.1:9091, STACKREC_PUSHGATEWAY"
-    started = {
-        PUSHGATEWAY: services.start(
-            PUSHGATEWAY,
+    plan = {  # commands first: a missing binary fails before anything starts
+        PUSHGATEWAY: (
             services.pushgateway_command(*config.pushgateway, run_dir),
-            *config.pushgateway,
-            run_dir,
-            port_setting=hint,
+            config.pushgateway,
+            "STACKREC_PUSHGATEWAY",
         ),
-        PROMETHEUS: services.start(
-            PROMETHEUS,
+        PROMETHEUS: (
             services.prometheus_command(*config.prometheus, config_path, data_dir),
-            *config.prometheus,
-            run_dir,
-            port_setting=hint,
+            config.prometheus,
+            "STACKREC_PROMETHEUS_PORT",
         ),
     }
+    started: dict[str, services.ServiceRecord] = {}
+    fresh: list[str] = []
+    try:
+        for name, (command, (host, port), setting) in plan.items():
+            record = services.read_record(run_dir, name)
+            if record is None or not services.is_running(record):
+                fresh.append(name)
+            started[name] = services.start(name, command, host, port, run_dir, port_setting=setting)
+    except services.ServiceError:
+        for name in fresh:  # all or nothing: stop what this call started
+            services.stop(run_dir, name)
+        raise
     return {
         name: {"address": f"{r.host}:{r.port}", "pid": r.pid, "log": r.log}
         for name, r in started.items()

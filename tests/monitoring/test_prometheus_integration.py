@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import time
 import urllib.parse
 import urllib.request
@@ -149,6 +150,26 @@ def test_monitoring_services_start_answer_and_stop(monitoring, tmp_path):
     }
     assert not any(services.port_open(HOST, r.port) for r in records.values())
     assert local_stack.down(run_dir) == {"broker": False, "redis": False}
+
+
+@needs_binaries
+def test_a_busy_prometheus_port_starts_nothing(tmp_path):
+    run_dir = tmp_path / "run"
+    gateway = services.free_port()
+    with socket.socket() as busy:
+        busy.bind((HOST, 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        config = MonitoringConfig(prometheus=(HOST, port), pushgateway=(HOST, gateway))
+        with pytest.raises(ServiceError) as error:
+            local_stack.up_monitoring(run_dir, config)
+    assert str(error.value) == (
+        f"prometheus: port {HOST}:{port} is busy; stop what uses it or choose another port "
+        "(STACKREC_PROMETHEUS_PORT)"
+    )
+    # the Pushgateway this call had started is stopped again
+    assert services.read_record(run_dir, "pushgateway") is None
+    assert not services.port_open(HOST, gateway)
 
 
 # --- a real cycle, read back through Prometheus ----------------------------------------------
