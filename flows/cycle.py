@@ -110,7 +110,8 @@ def _learn(
     with clock("train"):
         report.training = fine_tune(learner, data, settings)
     with clock("gate"):
-        report.gate = gate(learner, data, report.training, serving_holdout, settings)
+        serving_loss = report.prequential["all"]["loss"]
+        report.gate = gate(learner, data, report.training, serving_holdout, serving_loss, settings)
     report.model_shape = _shape(learner)
     with clock("register"):
         version = register(settings, learner, report, through, fresh)
@@ -197,16 +198,23 @@ def fine_tune(learner: Learner, data: CycleData, settings: Settings) -> dict[str
 
 @task(**_LOCAL)
 def gate(
-    learner: Learner, data: CycleData, training: dict, serving_holdout: dict, settings: Settings
+    learner: Learner,
+    data: CycleData,
+    training: dict,
+    serving_holdout: dict,
+    serving_loss: float,
+    settings: Settings,
 ) -> dict[str, Any]:
     """Compare candidate and serving model on the holdout; top up on it if promoted."""
     candidate = continual.holdout_metrics(learner.model, data)
+    serving = learner.parent is not None
     verdict = judge(
         learner.model,
         training["mean_loss"],
         candidate,
-        serving_holdout if learner.parent is not None else None,
+        serving_holdout if serving else None,
         GateConfig(tolerance=settings.gate_tolerance),
+        serving_loss=serving_loss if serving else None,
     )
     if verdict.promote:
         topped = _training_figures(continual.top_up(learner, data, _cycle_config(settings)))

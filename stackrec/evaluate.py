@@ -68,7 +68,7 @@ def rank_rows(
     scores: torch.Tensor, targets: torch.Tensor, exclude: torch.Tensor | None = None
 ) -> torch.Tensor:
     """Rank of ``targets[i]`` in ``scores[i]`` (``[B, n_items]``), column 0 and ``exclude`` out."""
-    scores = scores.float().clone()
+    scores = torch.nan_to_num(scores.float(), nan=float("-inf"))  # a NaN score ranks last
     scores[:, 0] = float("-inf")
     target_scores = scores.gather(1, targets[:, None])  # [B, 1]
     if exclude is not None:

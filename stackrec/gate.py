@@ -2,9 +2,9 @@
 
 Both models are scored on the same fixed slice: the most recent events of the cycle's batch,
 which the candidate has not trained on (a forward-in-time holdout). The candidate is rejected
-when its training loss or weights are not finite (a diverged run), or when its NDCG@10 on the
-slice falls more than ``tolerance`` (relative) below the serving model's. A first model has
-nothing to be compared with and passes if it is finite.
+when its training loss or weights are not finite or its loss exploded (a diverged run), or
+when its NDCG@10 on the slice falls more than ``tolerance`` (relative) below the serving
+model's. A first model has nothing to be compared with and passes if it is finite.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ class GateConfig:
     metric: str = "ndcg@10"
     tolerance: float = 0.05  # relative drop allowed, e.g. 0.05 = 5 % worse still passes
     min_events: int = 50  # below this the slice is too small to judge: pass if finite
+    max_loss_ratio: float = 2.0  # training loss above this x the serving model's loss: diverged
 
 
 @dataclass(frozen=True)
@@ -36,10 +37,25 @@ def judge(
     candidate_metrics: dict[str, float],
     serving_metrics: dict[str, float] | None,
     config: GateConfig = GateConfig(),
+    serving_loss: float | None = None,
 ) -> Verdict:
-    """Whether the candidate may replace the serving model, and why."""
+    """Whether the candidate may replace the serving model, and why.
+
+    ``serving_loss`` is the serving model's prequential cross-entropy on the same batch: a
+    candidate whose training loss is far above it has diverged, even if its ranking survived.
+    """
     if not math.isfinite(training_loss):
         return Verdict(False, f"training loss is {training_loss}: the run diverged")
+    if (
+        serving_loss is not None
+        and math.isfinite(serving_loss)
+        and training_loss > config.max_loss_ratio * serving_loss
+    ):
+        return Verdict(
+            False,
+            f"training loss {training_loss:.4g} > {config.max_loss_ratio}x "
+            f"the serving model's {serving_loss:.4g}: the run diverged",
+        )
     if not all(torch.isfinite(p).all() for p in candidate.parameters()):
         return Verdict(False, "candidate has non-finite weights")
     score = candidate_metrics.get(config.metric, 0.0)
