@@ -79,7 +79,7 @@ def up(
     report = stack.up(s.run_dir, _kafka_address(s), _redis_address(s))
     ensure_topics(s.kafka(), s.topic, s.partitions)
     if with_monitoring:
-        prometheus_port = getattr(s, "prometheus_port", 9090)  # a setting the lead may add
+        prometheus_port = s.prometheus_port
         config = stack.MonitoringConfig.of(
             s.pushgateway, s.metrics_host, s.metrics_port, prometheus_port
         )

@@ -66,7 +66,7 @@ def serve(
     from flows.cli import settings as cli_settings  # the flags of `stackrec --home ...`
 
     s = cli_settings()
-    port = prefect_port or getattr(s, "prefect_port", DEFAULT_PREFECT_PORT)
+    port = prefect_port or s.prefect_port
     config = ServeConfig(prefect_port=port, schedules=schedules)
     run(s, config, project_dir(), echo=lambda line: typer.echo(line, err=True))
 

@@ -71,6 +71,8 @@ class Settings(BaseSettings):
     pushgateway: str | None = Field(None, description="host:port; push metrics after each run")
     metrics_host: str = Field("127.0.0.1", description="0.0.0.0 to be scraped from outside")
     metrics_port: int = Field(9464, ge=0, le=65535)
+    prefect_port: int = Field(4200, ge=1, le=65535, description="local server of stackrec serve")
+    prometheus_port: int = Field(9090, ge=1, le=65535, description="up --with-monitoring")
 
     @classmethod
     def load(cls, **overrides: object) -> Settings:
