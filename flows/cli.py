@@ -273,25 +273,11 @@ def _redis_address(s: Settings) -> tuple[str, int]:
     return url.hostname or "127.0.0.1", url.port or 6379
 
 
-def _register_offline() -> None:
-    """`stackrec train` / `stackrec evaluate` live in flows/offline.py."""
-    try:
-        from flows import offline
-    except ImportError:
-        return
-    for name in ("train", "evaluate"):
-        command = getattr(offline, name, None)
-        if command is not None:
-            app.command(name=name)(user_errors(command))
+# --- commands that live in their own modules (they read settings through this module) ------
+from flows import models, offline, report, serve  # noqa: E402
 
-
-_register_offline()
-
-from flows import report, serve  # noqa: E402  (last: they read this module's settings lazily)
-
+app.command(name="train")(user_errors(offline.train))
+app.command(name="evaluate")(user_errors(offline.evaluate))
 app.command(name="serve")(user_errors(serve.serve))
 app.command(name="report")(user_errors(report.report))
-
-from flows import models  # noqa: E402  (sub-apps register after the app exists)
-
 app.add_typer(models.app, name="models")
