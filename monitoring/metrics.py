@@ -34,6 +34,24 @@ EVENTS_DEAD_LETTERED = Counter(
     ["topic", "reason"],
     registry=REGISTRY,
 )
+EVENTS_DUPLICATE = Counter(
+    "stackrec_events_duplicates_total",
+    "Events repeating a recent (user, item, ts), handled per the duplicates policy.",
+    ["topic"],
+    registry=REGISTRY,
+)
+COMMITS_REJECTED = Counter(
+    "stackrec_offset_commits_rejected_total",
+    "Offset commits refused by a rebalance (the batch is logged; the next batch commits).",
+    ["topic"],
+    registry=REGISTRY,
+)
+DEAD_LETTERS_REPLAYED = Counter(
+    "stackrec_dead_letters_replayed_total",
+    "Dead letters re-driven to the main topic by `stackrec dlq replay`.",
+    ["topic"],
+    registry=REGISTRY,
+)
 CONSUMER_LAG = Gauge(
     "stackrec_consumer_lag_events",
     "Messages behind the end of the topic after the last batch (clamped at 0; informative only).",

@@ -1,16 +1,21 @@
-"""Ingest: one bounded batch from Kafka into the interaction log, exactly once.
+"""Ingest: bounded batches from Kafka into the interaction log, exactly once.
 
 Order of operations, which is the whole guarantee:
 
 1. poll a bounded batch (max events or max wait) as a member of a consumer group;
 2. drop records whose offsets the log already holds (a crash after step 4, before step 5);
 3. validate; send rejects to ``<topic>.dlq`` with original bytes and a reason header, flush;
-4. append valid events to the log: segment, then manifest, atomically;
-5. commit the offsets (the next offset per partition) to the group.
+4. append valid events to the log: segment, then manifest, atomically, under the log's lock,
+   dropping offsets another group member logged meanwhile (a rebalance mid-batch);
+5. commit, per assigned partition, the log's next offset to the group.
 
 A crash anywhere before 4 redoes the batch (the DLQ may then hold a reject twice: dead letters
-are at-least-once); a crash between 4 and 5 is absorbed by step 2. kafka-python's consumer
-is not thread-safe: one ingest, one consumer, one thread.
+are at least once); a crash between 4 and 5 is absorbed by step 2, and step 5 of the next batch
+catches the group up. On assignment each partition starts at the log's next offset, not the
+group's: the log is the source of truth, the group's offsets are for monitoring and for the
+partitions the log has never seen. A failed batch closes the consumer, so the next batch
+rejoins and restarts from the log, as a restarted process would. One ``Ingestor``, one consumer,
+one thread (neither client is thread-safe).
 """
 
 from __future__ import annotations
@@ -18,18 +23,22 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from types import TracebackType
 
 import pyarrow as pa
-from kafka import KafkaConsumer, KafkaProducer, TopicPartition
-from kafka.consumer.subscription_state import ConsumerRebalanceListener
-from kafka.errors import KafkaError
-from kafka.structs import OffsetAndMetadata
 
 from monitoring import metrics
-from streaming.events import LOG_SCHEMA, Event, Rejection, parse_event
+from streaming.deadletters import DeadLetterSender
+from streaming.duplicates import POLICIES, RecentKeys, keys_of
+from streaming.events import Rejection
+from streaming.faults import fault_point
 from streaming.kafka_config import KafkaConfig
-from streaming.log import InteractionLog, Segment
-from streaming.topics import BrokerUnavailable, dead_letter_topic, require_broker
+from streaming.log import InteractionLog
+from streaming.source import CLIENTS, Block, CommitRejected, Source
+from streaming.topics import require_broker
+from streaming.validation import validate_block
+
+DUPLICATE = Rejection("duplicate", "same user_id, item_id and ts as an event logged recently")
 
 
 @dataclass(frozen=True)
@@ -37,17 +46,32 @@ class ConsumerConfig:
     topic: str = "interactions"
     group_id: str = "stackrec"
     max_events: int = 50_000  # upper bound of one batch
-    max_wait_s: float = 5.0  # upper bound of time spent polling one batch
+    max_wait_s: float = 5.0  # upper bound of time spent polling one batch (after the join)
     idle_poll_ms: int = 1_000  # a poll this long that returns nothing ends a non-empty batch
     session_timeout_ms: int = 6_000  # Tansu needs this low, or each group join waits ~23 s
+    max_poll_interval_ms: int = 300_000  # also the rebalance timeout
+    client: str = "kafka-python"  # or "confluent" (optional extra, several times faster)
+    duplicates: str = "keep"  # keep | drop | dead-letter: see streaming.duplicates
+    duplicate_lookback_batches: int = 4  # recent batches a duplicate is looked for in
+
+    def __post_init__(self) -> None:
+        if self.client not in CLIENTS:
+            raise ValueError(f"client {self.client!r}: expected one of {', '.join(CLIENTS)}")
+        if self.duplicates not in POLICIES:
+            raise ValueError(
+                f"duplicates policy {self.duplicates!r}: expected one of {', '.join(POLICIES)}"
+            )
+        if self.max_events < 1:
+            raise ValueError(f"max_events {self.max_events}: must be at least 1")
 
 
 @dataclass
 class IngestResult:
     read: int = 0  # messages polled from Kafka
-    skipped: int = 0  # already in the log (redelivered after a crash)
+    skipped: int = 0  # already in the log (redelivered after a crash, or logged by a peer)
     logged: int = 0
     dead_lettered: int = 0
+    duplicates: int = 0  # repeats of (user, item, ts), handled per the duplicates policy
     reasons: dict[str, int] = field(default_factory=dict)
     offsets: dict[int, list[int]] = field(default_factory=dict)  # partition -> [first, last]
     committed: dict[int, int] = field(default_factory=dict)  # partition -> next offset, durable
@@ -56,20 +80,176 @@ class IngestResult:
     seconds: float = 0.0
 
 
-class _SeekPastLogged(ConsumerRebalanceListener):
-    """On assignment, start each partition where the log ends, not where the group committed."""
+class Ingestor:
+    """A long-lived consumer-group member feeding ``log``, one bounded batch per ``batch()``."""
 
-    def __init__(self, consumer: KafkaConsumer, log: InteractionLog) -> None:
-        self.consumer, self.log = consumer, log
+    def __init__(
+        self,
+        kafka: KafkaConfig,
+        config: ConsumerConfig,
+        log: InteractionLog,
+        on_stage: Callable[[str, float], None] | None = None,
+    ) -> None:
+        self.kafka, self.config, self.log, self.on_stage = kafka, config, log, on_stage
+        self._source: Source | None = None
+        self._dead_letters = DeadLetterSender(kafka, config.topic)
+        self._recent = RecentKeys(config.duplicate_lookback_batches)
 
-    def on_partitions_revoked(self, revoked) -> None:  # nothing uncommitted survives a batch
-        pass
+    def batch(self) -> IngestResult:
+        """Consume one bounded batch into the log and commit it; see the module docstring."""
+        started = time.perf_counter()
+        try:
+            source = self._open()
+            block = self._poll(source)
+            polled = time.perf_counter()
+            result = self._log(block)
+            logged = time.perf_counter()
+            result.committed = self._commit(source)
+            fault_point("after_commit")
+            result.lag = source.lag()
+        except BaseException:
+            self.close()  # the next batch rejoins and restarts from the log
+            raise
+        if self.on_stage:
+            self.on_stage("consume", polled - started)
+            self.on_stage("log", logged - polled)
+        result.seconds = time.perf_counter() - started
+        _count(self.config.topic, result)
+        return result
 
-    def on_partitions_assigned(self, assigned) -> None:
+    def close(self) -> None:
+        try:
+            if self._source is not None:
+                self._source.close()
+        finally:
+            self._source = None
+            self._dead_letters.close()
+
+    def __enter__(self) -> Ingestor:
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # --- steps -------------------------------------------------------------------------------
+    def _open(self) -> Source:
+        if self._source is None:
+            require_broker(self.kafka)
+            self._recent = RecentKeys(self.config.duplicate_lookback_batches)
+            for keys in self._recent_keys_in_log():
+                self._recent.remember(keys)
+            self._source = open_source(self.kafka, self.config, self._starts)
+        return self._source
+
+    def _recent_keys_in_log(self) -> list[list]:
+        """Keys of the last segments, so duplicate detection survives a restart."""
+        lookback = self.config.duplicate_lookback_batches
+        segments = (
+            [s for s in self.log.manifest().segments if s.file][-lookback:] if lookback else []
+        )
+        columns = ["user_id", "item_id", "ts"]
+        return [keys_of(self.log.read(s.id - 1, s.id, columns)) for s in segments]
+
+    def _starts(self, partitions: list[int]) -> dict[int, int]:
+        """Where newly assigned partitions start: where the log ends."""
         logged = self.log.next_offsets()
-        for tp in assigned:
-            if tp.partition in logged:
-                self.consumer.seek(tp, logged[tp.partition])
+        return {p: logged[p] for p in partitions if p in logged}
+
+    def _poll(self, source: Source) -> Block:
+        """One bounded batch; the max-wait clock starts once the group has assigned us
+        partitions (a join takes seconds on Tansu, and must not eat the batch's time)."""
+        config = self.config
+        block = Block()
+        join_deadline = time.monotonic() + 3 * config.session_timeout_ms / 1000
+        while not source.assigned() and time.monotonic() < join_deadline:
+            block.extend(source.poll(config.max_events, 0.1))
+        deadline = time.monotonic() + config.max_wait_s
+        while len(block) < config.max_events and time.monotonic() < deadline:
+            wait_s = min(config.idle_poll_ms / 1000, max(0.001, deadline - time.monotonic()))
+            fresh = source.poll(config.max_events - len(block), wait_s)
+            if not fresh and block:
+                break  # caught up
+            block.extend(fresh)
+            if block:
+                fault_point("mid_poll")
+        return block
+
+    def _log(self, block: Block) -> IngestResult:
+        result = IngestResult(read=len(block))
+        logged_next = self.log.next_offsets()
+        fresh_rows = [
+            i
+            for i, (p, o) in enumerate(zip(block.partitions, block.offsets, strict=True))
+            if o >= logged_next.get(p, 0)
+        ]
+        if len(fresh_rows) < len(block):
+            block = block.take(fresh_rows)
+        result.skipped = result.read - len(block)
+        if not block:
+            return result
+        checked = validate_block(block.values)
+        rejected = list(checked.rejected)
+        events, rows = checked.events, checked.rows
+        keys = keys_of(events)
+        repeats = self._recent.repeats(keys)
+        result.duplicates = len(repeats)
+        if repeats and self.config.duplicates != "keep":
+            drop = set(repeats)
+            kept = [i for i in range(len(rows)) if i not in drop]
+            if self.config.duplicates == "dead-letter":
+                rejected += [(rows[i], DUPLICATE) for i in repeats]
+                rejected.sort(key=lambda pair: pair[0])
+            events, rows = events.take(kept), [rows[i] for i in kept]
+            keys = [keys[i] for i in kept]
+        self._dead_letter(block, rejected)
+        ranges = _offset_ranges(block)
+        table = events.append_column(
+            "partition", pa.array([block.partitions[i] for i in rows], pa.int32())
+        ).append_column("offset", pa.array([block.offsets[i] for i in rows], pa.int64()))
+        segment = self.log.append(table, ranges, skip_logged=True)
+        fault_point("after_manifest")
+        self._recent.remember(keys)
+        result.logged = segment.rows if segment else 0
+        result.skipped += table.num_rows - result.logged
+        result.segment = segment.id if segment else None
+        result.dead_lettered = len(rejected)
+        for _, rejection in rejected:
+            result.reasons[rejection.reason] = result.reasons.get(rejection.reason, 0) + 1
+        result.offsets = {p: [first, last] for p, (first, last) in ranges.items()}
+        return result
+
+    def _dead_letter(self, block: Block, rejected: list[tuple[int, Rejection]]) -> None:
+        """Send rejects with their original bytes; flush so they are durable before the log."""
+        if not rejected:
+            return
+        for row, rejection in rejected:
+            self._dead_letters.send(
+                block.keys[row],
+                block.values[row],
+                block.partitions[row],
+                block.offsets[row],
+                rejection,
+            )
+        self._dead_letters.flush()
+        fault_point("after_dead_letter")
+
+    def _commit(self, source: Source) -> dict[int, int]:
+        """Commit exactly what is durable: also catches up after a crash before a commit."""
+        durable = self.log.next_offsets()
+        offsets = {p: durable[p] for p in source.assigned() if p in durable}
+        if not offsets:
+            return {}
+        try:
+            source.commit(offsets)
+        except CommitRejected:  # a rebalance: the log holds the batch; the next one commits
+            metrics.COMMITS_REJECTED.labels(self.config.topic).inc()
+            return {}
+        return offsets
 
 
 def ingest_batch(
@@ -78,151 +258,37 @@ def ingest_batch(
     log: InteractionLog,
     on_stage: Callable[[str, float], None] | None = None,
 ) -> IngestResult:
-    """Consume one bounded batch into ``log`` and commit it; see the module docstring."""
-    started = time.perf_counter()
-    require_broker(kafka)
-    try:
-        consumer = KafkaConsumer(
-            group_id=config.group_id,
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            session_timeout_ms=config.session_timeout_ms,
-            heartbeat_interval_ms=config.session_timeout_ms // 3,
-            max_poll_records=min(config.max_events, 10_000),
-            **kafka.client_options(),
-        )
-    except KafkaError:
-        raise BrokerUnavailable(
-            f"no Kafka broker at {kafka.bootstrap}: start one with `stackrec up`"
-        ) from None
-    try:
-        consumer.subscribe([config.topic], listener=_SeekPastLogged(consumer, log))
-        records = _poll_batch(consumer, config)
-        mark = time.perf_counter()
-        result = _log_batch(records, kafka, config, log)
-        if on_stage:
-            on_stage("consume", mark - started)
-            on_stage("log", time.perf_counter() - mark)
-        # commit exactly what is durable: also catches up after a crash before a commit
-        durable = log.next_offsets()
-        result.committed = {
-            tp.partition: durable[tp.partition]
-            for tp in consumer.assignment()
-            if tp.partition in durable
-        }
-        if result.committed:
-            consumer.commit(
-                {
-                    TopicPartition(config.topic, p): OffsetAndMetadata(o, "", -1)
-                    for p, o in result.committed.items()
-                }
-            )
-        result.lag = _lag(consumer, config.topic)
-    except KafkaError as error:
-        raise BrokerUnavailable(f"Kafka at {kafka.bootstrap} failed mid-batch: {error}") from None
-    finally:
-        consumer.close(autocommit=False)
-    result.seconds = time.perf_counter() - started
-    _count(config.topic, result)
-    return result
+    """Join the group, consume one bounded batch into ``log``, commit it, leave."""
+    with Ingestor(kafka, config, log, on_stage) as ingestor:
+        return ingestor.batch()
 
 
-def _poll_batch(consumer: KafkaConsumer, config: ConsumerConfig) -> list:
-    """Records of one bounded batch; the max-wait clock starts once the group has assigned us
-    partitions (a join takes seconds on Tansu, and must not eat the batch's time)."""
-    records: list = []
-    join_deadline = time.monotonic() + 3 * config.session_timeout_ms / 1000
-    while not consumer.assignment() and time.monotonic() < join_deadline:
-        polled = consumer.poll(timeout_ms=100, max_records=config.max_events)
-        records.extend(r for batch in polled.values() for r in batch)
-    deadline = time.monotonic() + config.max_wait_s
-    while len(records) < config.max_events and time.monotonic() < deadline:
-        wait_ms = min(config.idle_poll_ms, max(1, int((deadline - time.monotonic()) * 1000)))
-        polled = consumer.poll(timeout_ms=wait_ms, max_records=config.max_events - len(records))
-        fresh = [r for batch in polled.values() for r in batch]
-        if not fresh and records:
-            break  # caught up
-        records.extend(fresh)
-    return records
+def open_source(
+    kafka: KafkaConfig, config: ConsumerConfig, on_assign: Callable[[list[int]], dict[int, int]]
+) -> Source:
+    """A consumer of ``config.topic`` with the client ``config.client`` names."""
+    if config.client == "confluent":
+        from streaming.confluent_source import ConfluentSource as chosen
+    else:
+        from streaming.kafka_source import KafkaPythonSource as chosen
+    return chosen(
+        kafka,
+        config.topic,
+        config.group_id,
+        on_assign,
+        session_timeout_ms=config.session_timeout_ms,
+        max_poll_interval_ms=config.max_poll_interval_ms,
+        max_poll_records=min(config.max_events, 10_000),
+    )
 
 
-def _log_batch(records: list, kafka: KafkaConfig, config: ConsumerConfig, log: InteractionLog):
-    result = IngestResult(read=len(records))
-    logged_next = log.next_offsets()
-    fresh = [r for r in records if r.offset >= logged_next.get(r.partition, 0)]
-    result.skipped = len(records) - len(fresh)
-    if not fresh:
-        return result
-    valid: list[tuple[Event, int, int]] = []
-    rejected: list[tuple[object, Rejection]] = []
-    for record in fresh:
-        parsed = parse_event(record.value)
-        if isinstance(parsed, Rejection):
-            rejected.append((record, parsed))
-        else:
-            valid.append((parsed, record.partition, record.offset))
-    if rejected:
-        _dead_letter(rejected, kafka, config.topic)
-    offsets = _offset_ranges(fresh)
-    segment: Segment = log.append(_to_table(valid), offsets)
-    result.segment = segment.id
-    result.logged = len(valid)
-    result.dead_lettered = len(rejected)
-    for _, rejection in rejected:
-        result.reasons[rejection.reason] = result.reasons.get(rejection.reason, 0) + 1
-    result.offsets = {p: [first, last] for p, (first, last) in offsets.items()}
-    return result
-
-
-def _offset_ranges(records: list) -> dict[int, tuple[int, int]]:
+def _offset_ranges(block: Block) -> dict[int, tuple[int, int]]:
+    """Per partition, the first and last offset of the block."""
     ranges: dict[int, tuple[int, int]] = {}
-    for r in records:
-        first, last = ranges.get(r.partition, (r.offset, r.offset))
-        ranges[r.partition] = (min(first, r.offset), max(last, r.offset))
+    for p, o in zip(block.partitions, block.offsets, strict=True):
+        first, last = ranges.get(p, (o, o))
+        ranges[p] = (min(first, o), max(last, o))
     return ranges
-
-
-def _to_table(valid: list[tuple[Event, int, int]]) -> pa.Table:
-    columns = {
-        "user_id": [e.user_id for e, _, _ in valid],
-        "item_id": [e.item_id for e, _, _ in valid],
-        "ts": [e.ts for e, _, _ in valid],
-        "event_type": [e.event_type for e, _, _ in valid],
-        "weight": [e.weight for e, _, _ in valid],
-        "partition": [p for _, p, _ in valid],
-        "offset": [o for _, _, o in valid],
-    }
-    return pa.table(columns, schema=LOG_SCHEMA)
-
-
-def _dead_letter(rejected: list, kafka: KafkaConfig, topic: str) -> None:
-    """Send rejects with their original bytes; flush so they are durable before the commit."""
-    producer = KafkaProducer(acks="all", **kafka.client_options())
-    try:
-        for record, rejection in rejected:
-            headers = [
-                ("reason", rejection.reason.encode()),
-                ("detail", rejection.detail.encode("utf-8", "replace")),
-                ("source_topic", topic.encode()),
-                ("source_partition", str(record.partition).encode()),
-                ("source_offset", str(record.offset).encode()),
-            ]
-            producer.send(
-                dead_letter_topic(topic), key=record.key, value=record.value, headers=headers
-            )
-        producer.flush()
-    finally:
-        producer.close()
-
-
-def _lag(consumer: KafkaConsumer, topic: str) -> int:
-    """Messages behind the end of the topic; Tansu's end offsets can be short, so clamp at 0."""
-    partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
-    if not partitions:
-        return 0
-    ends = consumer.end_offsets(partitions)
-    committed = {tp: consumer.committed(tp) or 0 for tp in partitions}
-    return sum(max(0, ends[tp] - committed[tp]) for tp in partitions)
 
 
 def _count(topic: str, result: IngestResult) -> None:
@@ -230,4 +296,6 @@ def _count(topic: str, result: IngestResult) -> None:
     metrics.EVENTS_LOGGED.labels(topic).inc(result.logged)
     for reason, n in result.reasons.items():
         metrics.EVENTS_DEAD_LETTERED.labels(topic, reason).inc(n)
+    if result.duplicates:
+        metrics.EVENTS_DUPLICATE.labels(topic).inc(result.duplicates)
     metrics.CONSUMER_LAG.labels(topic).set(result.lag)

@@ -47,3 +47,29 @@ class KafkaConfig:
         }
         options.update({k: v for k, v in optional.items() if v is not None})
         return options
+
+    def producer_options(self) -> dict[str, Any]:
+        """``client_options`` plus bounds on how long a send may wait for a broker (the
+        defaults are 60 s to block and 120 s to deliver), so a dead broker is a prompt error."""
+        return {
+            **self.client_options(),
+            "acks": "all",
+            "max_block_ms": self.request_timeout_ms,
+            "delivery_timeout_ms": self.request_timeout_ms + 1_000,
+        }
+
+    def confluent_options(self) -> dict[str, Any]:
+        """The same settings in librdkafka's names, for the optional confluent-kafka client."""
+        options: dict[str, Any] = {
+            "bootstrap.servers": self.bootstrap,
+            "security.protocol": self.security_protocol,
+            "socket.timeout.ms": self.request_timeout_ms,
+        }
+        optional = {
+            "sasl.mechanism": self.sasl_mechanism,
+            "sasl.username": self.sasl_username,
+            "sasl.password": self.sasl_password,
+            "ssl.ca.location": self.ssl_cafile,
+        }
+        options.update({k: v for k, v in optional.items() if v is not None})
+        return options

@@ -27,6 +27,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from streaming.events import LOG_SCHEMA
+from streaming.faults import fault_point
 
 MANIFEST = "manifest.json"
 
@@ -94,17 +95,29 @@ class InteractionLog:
         return pa.concat_tables(tables)
 
     # --- writing ---------------------------------------------------------------------------
-    def append(self, events: pa.Table, offsets: dict[int, tuple[int, int]]) -> Segment:
-        """Make a batch durable: write its segment, then atomically list it in the manifest."""
+    def append(
+        self, events: pa.Table, offsets: dict[int, tuple[int, int]], skip_logged: bool = False
+    ) -> Segment | None:
+        """Make a batch durable: write its segment, then atomically list it in the manifest.
+
+        Offsets the log already holds are an error, or with ``skip_logged`` are dropped (rows
+        and ranges) under the log's lock: what a consumer does, since another group member may
+        have logged them since it looked. Returns None when nothing new was left.
+        """
         if not offsets:
             raise LogError("a segment must cover at least one offset")
         with self._exclusive():
             manifest = self.manifest()
+            if skip_logged:
+                events, offsets = _without_logged(events, offsets, _next_offsets(manifest))
+                if not offsets:
+                    return None
             self._check_no_overlap(manifest, offsets)
             segment_id = manifest.ingested_through + 1
             file = f"seg-{segment_id:08d}.parquet" if events.num_rows else None
             if file:
                 _write_durably(self.root / file, lambda tmp: pq.write_table(events, tmp))
+                fault_point("after_segment")
             ts = events.column("ts") if events.num_rows else None
             segment = Segment(
                 id=segment_id,
@@ -165,6 +178,25 @@ def _next_offsets(manifest: Manifest) -> dict[int, int]:
         for partition, (_, last) in segment.offsets.items():
             nexts[int(partition)] = max(nexts.get(int(partition), 0), last + 1)
     return nexts
+
+
+def _without_logged(
+    events: pa.Table, offsets: dict[int, tuple[int, int]], nexts: dict[int, int]
+) -> tuple[pa.Table, dict[int, tuple[int, int]]]:
+    """The rows and offset ranges at or after each partition's next offset."""
+    ranges = {
+        p: (max(first, nexts.get(p, 0)), last)
+        for p, (first, last) in offsets.items()
+        if last >= nexts.get(p, 0)
+    }
+    if ranges == offsets:
+        return events, offsets
+    keep = pc.is_in(events.column("partition"), pa.array(list(ranges), pa.int32()))
+    for partition, (first, _) in ranges.items():
+        in_partition = pc.equal(events.column("partition"), partition)
+        stale = pc.and_(in_partition, pc.less(events.column("offset"), first))
+        keep = pc.and_(keep, pc.invert(stale))
+    return events.filter(keep), ranges
 
 
 def _write_durably(path: Path, write) -> None:

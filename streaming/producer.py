@@ -26,7 +26,7 @@ class EventProducer:
         require_broker(kafka)
         try:
             self._producer = KafkaProducer(
-                acks="all", linger_ms=20, batch_size=256 * 1024, **kafka.client_options()
+                linger_ms=20, batch_size=256 * 1024, **kafka.producer_options()
             )
         except KafkaError:
             raise BrokerUnavailable(

@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import json
 import time
+from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -28,7 +30,10 @@ import redis
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
+from streaming.faults import fault_point
+
 FIELDS_PER_HSET = 1_000
+PARTS = ("items", "users", "recs", "popular", "meta")  # the keys of one version
 
 
 class ServingUnavailable(ConnectionError):
@@ -77,33 +82,62 @@ class Snapshot:
     meta: dict[str, str | int | float]
 
 
-def publish(config: RedisConfig, snapshot: Snapshot) -> int:
-    """Write ``snapshot`` under its version, then flip ``current``; returns fields written."""
+class IncompletePublish(ServingUnavailable):
+    """A version's keys are not all there at flip time (Redis lost writes, e.g. a restart
+    without persistence mid-publish); ``current`` was left alone. Publishing again fixes it."""
+
+
+def publish(
+    config: RedisConfig,
+    snapshot: Snapshot,
+    chunk_fields: int = 50_000,
+    on_progress: Callable[[int], None] | None = None,
+) -> int:
+    """Write ``snapshot`` under its version, then flip ``current``; returns fields written.
+
+    Written in pipelined round trips of about ``chunk_fields`` hash fields (``on_progress``
+    gets the running count after each), every key with a TTL from its first write, so a
+    publish that dies half way leaves only keys that expire. The flip checks that every key
+    of the version is complete (see ``_flip``) before ``current`` moves.
+    """
+    for name, ids in (("item_ids", snapshot.item_ids), ("user_ids", snapshot.user_ids)):
+        if len(set(ids)) != len(ids):
+            repeated = next(i for i, n in Counter(ids).items() if n > 1)
+            raise ValueError(f"snapshot {name} repeat {repeated!r}: ids must be unique")
     client = config.client()
     v = f"v{snapshot.version}"
-    dim = int(snapshot.item_vectors.shape[1])
+    keys = [config.key(v, name) for name in PARTS]
+    items, users, recs, popular, meta_key = keys
+    ttl = config.version_ttl_s
     try:
-        pipe = client.pipeline(transaction=False)
-        keys = [config.key(v, name) for name in ("items", "users", "recs", "popular", "meta")]
-        pipe.delete(*keys)  # a retried publish of the same version starts clean
-        _hset_chunks(pipe, keys[0], snapshot.item_ids, _as_bytes(snapshot.item_vectors))
-        _hset_chunks(pipe, keys[1], snapshot.user_ids, _as_bytes(snapshot.user_vectors))
-        recs = [json.dumps(r) for r in snapshot.recommendations]
-        _hset_chunks(pipe, keys[2], snapshot.user_ids, recs)
-        pipe.set(keys[3], json.dumps(snapshot.popular))
+        client.delete(*keys)  # a retried publish of the same version starts clean
+        hashes = (
+            (items, snapshot.item_ids, _as_bytes(snapshot.item_vectors)),
+            (users, snapshot.user_ids, _as_bytes(snapshot.user_vectors)),
+            (recs, snapshot.user_ids, [json.dumps(r) for r in snapshot.recommendations]),
+        )
+        written = 0
+        for pipe, fields in _chunked_hsets(client, hashes, chunk_fields, ttl):
+            pipe.execute()
+            written += fields
+            if on_progress:
+                on_progress(written)
+            fault_point("mid_publish")
         meta = {
             **snapshot.meta,
-            "dim": dim,
+            "dim": int(snapshot.item_vectors.shape[1]),
             "dtype": "float32le",
             "n_items": len(snapshot.item_ids),
             "n_users": len(snapshot.user_ids),
             "published_s": time.time(),
         }
-        pipe.hset(keys[4], mapping={k: str(val) for k, val in meta.items()})
-        for key in keys:  # a version is written with a TTL and made permanent when it serves
-            pipe.expire(key, config.version_ttl_s)
+        pipe = client.pipeline(transaction=False)
+        pipe.set(popular, json.dumps(snapshot.popular), ex=ttl)
+        pipe.hset(meta_key, mapping={k: str(val) for k, val in meta.items()})
+        pipe.expire(meta_key, ttl)
         pipe.execute()
-        _flip(client, config, snapshot.version, keys)
+        fault_point("before_flip")
+        _flip(client, config, snapshot.version)
     except redis.RedisError as error:
         raise ServingUnavailable(f"publish of {v} to {config.url} failed: {error}") from None
     finally:
@@ -111,44 +145,73 @@ def publish(config: RedisConfig, snapshot: Snapshot) -> int:
     return len(snapshot.item_ids) + 2 * len(snapshot.user_ids)
 
 
-def _flip(client: redis.Redis, config: RedisConfig, version: int, keys: list[str]) -> None:
-    """Persist the new version's keys, point ``current`` at it, let the old one expire."""
-    previous = client.get(config.key("current"))
-    pipe = client.pipeline(transaction=True)
-    for key in keys:
-        pipe.persist(key)
-    pipe.set(config.key("current"), version)
-    pipe.zadd(config.key("versions"), {str(version): time.time()})
-    if previous is not None and int(previous) != version:
-        for name in ("items", "users", "recs", "popular", "meta"):
-            pipe.expire(config.key(f"v{int(previous)}", name), config.version_ttl_s)
-    pipe.execute()
+def _flip(client: redis.Redis, config: RedisConfig, version: int) -> None:
+    """Check version ``version`` is whole, then in one transaction persist its keys, point
+    ``current`` at it and let the previous version expire.
+
+    Whole means: meta present, hashes holding exactly ``n_items``/``n_users`` fields, popular
+    present. The check runs under WATCH of those keys, so a write or a Redis restart between
+    the check and the flip aborts the transaction instead of flipping to a changed version.
+    """
+    keys = [config.key(f"v{version}", name) for name in PARTS]
+    items, users, recs, popular, meta = keys
+    current = config.key("current")
+
+    def flip(pipe: redis.client.Pipeline) -> None:
+        n_items, n_users = pipe.hmget(meta, "n_items", "n_users")
+        if n_items is None or n_users is None:
+            raise NotPublished(f"version {version} is not in Redis (expired or never published)")
+        found = (pipe.hlen(items), pipe.hlen(users), pipe.hlen(recs), pipe.exists(popular))
+        wanted = (int(n_items), int(n_users), int(n_users), 1)
+        if found != wanted:
+            raise IncompletePublish(
+                f"version {version} is incomplete in Redis at {config.url} (items, users, "
+                f"recs, popular: {found}, expected {wanted}); current was not moved"
+            )
+        previous = pipe.get(current)
+        pipe.multi()
+        for key in keys:
+            pipe.persist(key)
+        pipe.set(current, version)
+        pipe.zadd(config.key("versions"), {str(version): time.time()})
+        if previous is not None and int(previous) != version:
+            for name in PARTS:
+                pipe.expire(config.key(f"v{int(previous)}", name), config.version_ttl_s)
+
+    client.transaction(flip, *keys, current)
 
 
 def set_current(config: RedisConfig, version: int) -> None:
     """Point serving at an already-published version (rollback); fails if it has expired."""
     client = config.client()
     try:
-        if not client.exists(config.key(f"v{version}", "meta")):
-            raise NotPublished(f"version {version} is not in Redis (expired or never published)")
-        keys = [config.key(f"v{version}", n) for n in ("items", "users", "recs", "popular", "meta")]
-        _flip(client, config, version, keys)
+        _flip(client, config, version)
     except redis.RedisError as error:
         raise ServingUnavailable(f"Redis at {config.url} failed: {error}") from None
     finally:
         client.close()
 
 
-def _hset_chunks(pipe, key: str, fields: list[str], values: list) -> None:
-    for start in range(0, len(fields), FIELDS_PER_HSET):
-        chunk = dict(
-            zip(
-                fields[start : start + FIELDS_PER_HSET],
-                values[start : start + FIELDS_PER_HSET],
-                strict=True,
-            )
-        )
-        pipe.hset(key, mapping=chunk)
+def _chunked_hsets(client: redis.Redis, hashes, chunk_fields: int, ttl: int):
+    """Pipelines of HSETs of about ``chunk_fields`` fields each, every touched key expiring."""
+    pipe, fields, touched = client.pipeline(transaction=False), 0, set()
+    for key, ids, values in hashes:
+        for start in range(0, len(ids), FIELDS_PER_HSET):
+            flat = [None] * (2 * len(ids[start : start + FIELDS_PER_HSET]))
+            flat[0::2] = ids[start : start + FIELDS_PER_HSET]
+            flat[1::2] = values[start : start + FIELDS_PER_HSET]
+            pipe.execute_command("HSET", key, *flat)
+            touched.add(key)
+            fields += len(flat) // 2
+            if fields >= chunk_fields:
+                for name in touched:
+                    pipe.expire(name, ttl)
+                yield pipe, fields
+                pipe, fields, touched = client.pipeline(transaction=False), 0, set()
+    if touched:
+        for name in touched:
+            pipe.expire(name, ttl)
+        yield pipe, fields
 
 
 def _as_bytes(vectors: np.ndarray) -> list[bytes]:

@@ -240,7 +240,7 @@ def test_offsets_the_log_already_holds_are_not_logged_again(stack, config, tmp_p
 def ingest_then_fail_to_commit(stack, config: ConsumerConfig, log: InteractionLog) -> None:
     """One ingest whose commit fails, as if the process died right after the manifest write."""
 
-    def broken_commit(self, offsets=None):
+    def broken_commit(self, offsets=None, **options):
         raise KafkaError("injected: the process died before committing")
 
     with pytest.MonkeyPatch.context() as patch:
