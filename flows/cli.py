@@ -281,3 +281,7 @@ app.command(name="evaluate")(user_errors(offline.evaluate))
 app.command(name="serve")(user_errors(serve.serve))
 app.command(name="report")(user_errors(report.report))
 app.add_typer(models.app, name="models")
+from flows import bootstrap, transfer  # noqa: E402  (scenario flows: import Prefect)
+
+app.command(name="bootstrap")(user_errors(bootstrap.bootstrap_command))
+app.command(name="transfer")(user_errors(transfer.transfer_command))

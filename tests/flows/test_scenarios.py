@@ -1,0 +1,122 @@
+"""The bootstrap and transfer scenarios end to end: log -> progressive stacking -> registry ->
+Redis -> `stackrec recommend`, and the one-line errors of a user with nothing to train on."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.csv
+import pytest
+from typer.testing import CliRunner
+
+from flows.cli import app
+from flows.settings import Settings
+from stackrec.checkpoint import from_payload
+from stackrec.synthetic import StreamConfig, generate
+from streaming.events import LOG_SCHEMA
+from streaming.log import InteractionLog
+from streaming.serving import current_version, read_vectors
+
+pytestmark = pytest.mark.integration
+SMALL = {"dim": 16, "max_len": 20, "batch_size": 64}
+
+
+def fill_log(settings: Settings, table: pa.Table) -> None:
+    """Events straight into the log, as the consumer would have written them."""
+    n = table.num_rows
+    rows = {
+        "user_id": table.column("user_id"),
+        "item_id": table.column("item_id"),
+        "ts": table.column("ts"),
+        "event_type": pa.nulls(n, pa.string()),
+        "weight": pa.nulls(n, pa.float64()),
+        "partition": pa.array(np.zeros(n, np.int32)),
+        "offset": pa.array(np.arange(n, dtype=np.int64)),
+    }
+    InteractionLog(settings.log_dir).append(pa.table(rows, schema=LOG_SCHEMA), {0: (0, n - 1)})
+
+
+def test_bootstrap_stacks_on_schedule_publishes_and_serves(stack, prefect_harness, monkeypatch):
+    for key, value in SMALL.items():
+        monkeypatch.setenv(f"STACKREC_{key.upper()}", str(value))
+    settings = Settings.load()
+    table = generate(StreamConfig(n_events=1_500, n_users=60, n_items=150, seed=3))
+    fill_log(settings, table)
+
+    result = CliRunner().invoke(
+        app, ["bootstrap", "--schedule", "1,2,4", "--epochs-per-stage", "1", "--json"]
+    )
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout[result.stdout.index("{") :])
+    assert [s["depth"] for s in report["stages"]] == [1, 2, 4]
+    assert report["version"] == 1 and report["depth"] == 4
+
+    registry = settings.registry()
+    assert registry.current() == 1
+    meta = registry.meta(1)
+    assert meta["trained_through"] == 1 and meta["events_trained"] == 1_500
+    assert [(e["from_depth"], e["to_depth"]) for e in meta["stacking"]] == [(1, 2), (2, 4)]
+    model, vocab, _, extra = from_payload(registry.load(1))
+    assert model.depth == 4 and len(model.config.lineage) == 2  # in the checkpoint too
+    assert extra["observations"][0]["events_seen"] == 1_500
+    assert InteractionLog(settings.log_dir).manifest().trained_through == 1
+
+    assert current_version(stack.redis) == 1
+    _, items = read_vectors(stack.redis, "items")
+    assert set(items) == set(table.column("item_id").to_pylist())
+    user = table.column("user_id")[0].as_py()
+    served = CliRunner().invoke(app, ["recommend", user, "-k", "5", "--json"])
+    assert served.exit_code == 0, served.output
+    answer = json.loads(served.stdout)
+    assert answer["version"] == 1 and answer["source"] == "personal" and len(answer["items"]) == 5
+
+
+def test_transfer_by_ids_maps_shared_items_and_serves_the_target(
+    stack, prefect_harness, tmp_path, monkeypatch
+):
+    for key, value in SMALL.items():
+        monkeypatch.setenv(f"STACKREC_{key.upper()}", str(value))
+    source = generate(StreamConfig(n_events=1_200, n_users=50, n_items=100, seed=1))
+    target = generate(StreamConfig(n_events=800, n_users=40, n_items=100, seed=2))
+    # target items i0..i49 keep their ids (shared with the source); the rest get new ones
+    renamed = [i if int(i[1:]) < 50 else f"t{i}" for i in target.column("item_id").to_pylist()]
+    target = target.set_column(1, "item_id", pa.array(renamed))
+    source_path, target_path = tmp_path / "source.csv", tmp_path / "target.csv"
+    pyarrow.csv.write_csv(source, source_path)
+    pyarrow.csv.write_csv(target, target_path)
+    target_items = set(renamed)
+    shared = {i for i in target_items if i in set(source.column("item_id").to_pylist())}
+
+    result = CliRunner().invoke(
+        app,
+        ["transfer", "--source", str(source_path), "--target", str(target_path), "--map", "ids",
+         "--schedule", "1,2", "--epochs-per-stage", "1", "--source-epochs", "1", "--json"],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout[result.stdout.index("{") :])
+    assert report["mapping"]["mapped"] == len(shared) > 0
+    assert report["mapping"]["target_items"] == len(target_items)
+    assert report["mapping"]["coverage"] == pytest.approx(len(shared) / len(target_items), 1e-3)
+    assert report["source"]["depth"] == 1 and report["depth"] == 2
+    assert report["stacking"][-1]["to_depth"] == 2
+    assert Settings.load().registry().current() == report["version"]
+    _, items = read_vectors(stack.redis, "items")
+    assert set(items) == target_items  # the target's catalogue is served, new items included
+    # the log was not the target: its cursor stays where it was
+    assert InteractionLog(Settings.load().log_dir).manifest().trained_through == 0
+
+
+def test_bootstrap_on_an_empty_log_is_a_one_line_error(stack):
+    result = CliRunner().invoke(app, ["bootstrap"])
+    assert result.exit_code == 1
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: the interaction log")
+    assert Settings.load().registry().current() is None
+
+
+def test_bootstrap_rejects_a_schedule_stacking_cannot_follow(stack):
+    result = CliRunner().invoke(app, ["bootstrap", "--schedule", "4,2"])
+    assert result.exit_code == 1
+    assert result.output.strip() == "error: schedule (4, 2): depths must increase"
