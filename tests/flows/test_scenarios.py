@@ -58,7 +58,7 @@ def test_bootstrap_stacks_on_schedule_publishes_and_serves(stack, prefect_harnes
     meta = registry.meta(1)
     assert meta["trained_through"] == 1 and meta["events_trained"] == 1_500
     assert [(e["from_depth"], e["to_depth"]) for e in meta["stacking"]] == [(1, 2), (2, 4)]
-    model, vocab, _, extra = from_payload(registry.load(1))
+    model, _, _, extra = from_payload(registry.load(1))
     assert model.depth == 4 and len(model.config.lineage) == 2  # in the checkpoint too
     assert extra["observations"][0]["events_seen"] == 1_500
     assert InteractionLog(settings.log_dir).manifest().trained_through == 1
