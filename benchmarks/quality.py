@@ -56,7 +56,8 @@ class Recipe:
     max_len: int = 50
     dropout: float = 0.2
     lr: float = 1e-3
-    batch_size: int = 128
+    batch_size: int = 128  # RecBole: sequences (one target each) per step
+    windows_per_step: int = 128  # ours: windows (up to max_len targets each) per step
     epochs: int = 20
     patience: int = 5
     seed: int = 0
@@ -100,10 +101,10 @@ def run_ours(dataset: str, recipe: Recipe, workdir: Path) -> dict:
     result = train_with_validation(
         model,
         windows,
-        TrainConfig(lr=recipe.lr, batch_size=recipe.batch_size, seed=recipe.seed),
+        TrainConfig(lr=recipe.lr, batch_size=recipe.windows_per_step, seed=recipe.seed),
         Schedule(epochs=recipe.epochs, patience=recipe.patience),
         validate=lambda m: evaluate_held_out(m, split.valid, full, ks=KS)["ndcg@10"],
-        on_epoch=lambda r: print(f"  ours {recipe.model} {r}", file=sys.stderr),
+        on_epoch=lambda r: print(f"  ours {recipe.model} {r}", file=sys.stderr, flush=True),
     )
     test = evaluate_held_out(result.model, split.test, full, ks=KS)
     epochs = len(result.history)
@@ -161,14 +162,11 @@ RECBOLE_CONFIG = {
 def run_recbole_worker(dataset: str, recipe: Recipe, workdir: Path) -> dict:
     import numpy as np
     import torch
-
-    torch.autograd.set_detect_anomaly(False)
     from recbole.config import Config
     from recbole.data import create_dataset, data_preparation
     from recbole.data.interaction import Interaction
     from recbole.utils import get_model, get_trainer, init_seed
 
-    torch.autograd.set_detect_anomaly(False)  # RecBole turns it on at import
     sys.path.insert(0, str(ROOT))
     from stackrec.evaluate import rank_rows
     from stackrec.ranking import next_item_metrics
@@ -207,6 +205,7 @@ def run_recbole_worker(dataset: str, recipe: Recipe, workdir: Path) -> dict:
     data = create_dataset(config)
     train_data, valid_data, _ = data_preparation(config, data)
     model = get_model(name)(config, train_data.dataset)
+    torch.autograd.set_detect_anomaly(False)  # importing its models (sine.py) turned it on
     trainer = get_trainer(config["MODEL_TYPE"], name)(config, model)
     epoch_seconds: list[float] = []
     train_epoch = trainer._train_epoch
@@ -262,9 +261,11 @@ def run_recbole_worker(dataset: str, recipe: Recipe, workdir: Path) -> dict:
 def run_recbole(dataset: str, recipe: Recipe, workdir: Path) -> dict:
     if not RECBOLE_PYTHON.exists():
         return {"implementation": "recbole-1.2.1", "error": f"no {RECBOLE_PYTHON}; see docstring"}
-    command = [str(RECBOLE_PYTHON), __file__, "--worker", dataset, json.dumps(asdict(recipe)),
-               str(workdir)]  # fmt: skip
-    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    script = str(Path(__file__).resolve())
+    recipe_json = json.dumps(asdict(recipe))
+    command = [str(RECBOLE_PYTHON), script, "--worker", dataset, recipe_json, str(workdir)]
+    # cwd: RecBole writes log/ and log_tensorboard/ into the working directory
+    done = subprocess.run(command, capture_output=True, text=True, check=False, cwd=workdir)
     if done.returncode != 0:
         tail = done.stderr.strip().splitlines()[-5:]
         return {"implementation": "recbole-1.2.1", "error": " | ".join(tail)}
@@ -304,6 +305,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--patience", type=int, default=5)
     parser.add_argument("--dropout", type=float, default=0.2)
+    parser.add_argument("--windows-per-step", type=int, default=128, help="our batch size")
     parser.add_argument("--skip-recbole", action="store_true")
     parser.add_argument("--worker", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -316,7 +318,8 @@ def main() -> None:
     rows = []
     for dataset in args.datasets:
         for model in args.models:
-            recipe = Recipe(model, epochs=args.epochs, patience=args.patience, dropout=args.dropout)
+            recipe = Recipe(model, epochs=args.epochs, patience=args.patience, dropout=args.dropout,
+                            windows_per_step=args.windows_per_step)  # fmt: skip
             with tempfile.TemporaryDirectory() as tmp:
                 ours = run_ours(dataset, recipe, Path(tmp))
                 rows.append({"dataset": dataset, "model": model, **ours})
@@ -324,7 +327,8 @@ def main() -> None:
                     rows.append({"dataset": dataset, "model": model,
                                  **run_recbole(dataset, recipe, Path(tmp))})  # fmt: skip
             print(markdown(rows[-2:]), file=sys.stderr)
-    recipe = Recipe("*", epochs=args.epochs, patience=args.patience, dropout=args.dropout)
+    recipe = Recipe("*", epochs=args.epochs, patience=args.patience, dropout=args.dropout,
+                    windows_per_step=args.windows_per_step)  # fmt: skip
     report = {
         "recipe": asdict(recipe),
         "protocol": "leave-one-out, full ranking, history masked, ties against the target",
