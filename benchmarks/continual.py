@@ -1,0 +1,476 @@
+"""The continual loop on real data, replayed in windows: growth vs no growth vs full retrains.
+
+    flock /tmp/bench.lock nice -n 5 .venv/bin/python benchmarks/continual.py [--quick]
+
+Replays ML-1M (partial, users 1-2999; by timestamp) and Amazon Beauty (line order) from
+``../shared/datasets`` in equal-count windows. Window 0 warms a model up from scratch (the
+same for every arm); then for each later window, in one run:
+
+- (a) the continual loop with growth (``stackrec.loop.learn_cycle``, the cycle flow's
+  sequence: prequential -> maybe stack -> fine-tune with replay -> gate -> top-up), data-volume
+  policy, function-preserving stacking;
+- (b) the same loop without growth;
+- (c) a full retrain from scratch on everything before the window, at (a)'s depth, for the
+  last ``--retrain-windows`` windows (all of them with ``--retrain-windows 0``); its examples
+  for the windows not run are counted exactly (targets per epoch x epochs), not timed.
+
+Reported per window: prequential NDCG@10/HR@10 (all, and items first seen in the window),
+the share of the window's new items that reach some user's published top-K after the cycle,
+the early-slice NDCG@10 (forgetting), training seconds and examples, the cycle's stages and
+freshness. Plus one 10,000-event cycle by stage (registry save and a Redis publish included
+when a Redis server binary is present). JSON to stdout and ``benchmarks/results/continual.json``,
+a plot to ``benchmarks/results/continual.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from stackrec import continual  # noqa: E402
+from stackrec.checkpoint import MODELS  # noqa: E402
+from stackrec.continual import CycleConfig, Learner  # noqa: E402
+from stackrec.datasets import read_interactions  # noqa: E402
+from stackrec.evaluate import rank_targets  # noqa: E402
+from stackrec.growth import Observation  # noqa: E402
+from stackrec.loop import LoopConfig, learn_cycle  # noqa: E402
+from stackrec.ranking import next_item_metrics  # noqa: E402
+from stackrec.recommend import top_k  # noqa: E402
+from stackrec.registry import Registry  # noqa: E402
+from stackrec.train import TrainConfig, Trainer, target_mask  # noqa: E402
+from stackrec.vocab import Vocabulary  # noqa: E402
+
+DATA = ROOT.parent / "shared" / "datasets"
+DATASETS = {
+    "ml-1m": (DATA / "ml-1m" / "ratings_users1-2999.dat.gz", "movielens"),
+    "beauty": (DATA / "beauty" / "beauty.txt.gz", "lines"),
+}
+RESULTS = ROOT / "benchmarks" / "results"
+
+
+@dataclass(frozen=True)
+class Scale:
+    """How much of each data set and how much training: sized for a shared 2-core CPU."""
+
+    events: dict  # dataset -> events replayed (a prefix in time order)
+    max_len: dict  # dataset -> context length
+    windows: int = 8
+    dim: int = 32
+    blocks: int = 2  # starting depth
+    max_depth: int = 8
+    train_steps: int = 30  # per cycle, (a) and (b)
+    batch_size: int = 128
+    retrain_epochs: int = 6  # (c) and the warm-up
+    retrain_windows: int = 2  # (c) runs on the last N windows; 0: every window
+    early_slice: int = 2_000  # events of window 1 watched for forgetting
+    publish_users: int = 2_000  # users whose top-K is checked for new items
+    cycle_events: int = 10_000
+
+
+FULL = Scale(events={"ml-1m": 160_000, "beauty": 100_000}, max_len={"ml-1m": 50, "beauty": 20})
+QUICK = Scale(
+    events={"ml-1m": 30_000, "beauty": 16_000},
+    max_len={"ml-1m": 30, "beauty": 10},
+    windows=4,
+    dim=16,
+    train_steps=10,
+    retrain_epochs=2,
+    retrain_windows=1,
+    early_slice=500,
+    publish_users=500,
+    cycle_events=10_000,
+)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="a small run (< 3 minutes)")
+    parser.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=list(DATASETS))
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    scale = QUICK if args.quick else FULL
+    began = time.perf_counter()
+    result = {
+        "command": " ".join(["benchmarks/continual.py", *sys.argv[1:]]),
+        "scale": asdict(scale),
+        "threads": args.threads,
+        "device": "cpu",
+        "datasets": {},
+    }
+    tables = {}
+    for name in args.datasets:
+        path, fmt = DATASETS[name]
+        tables[name] = read_interactions(path, fmt)
+        log(f"{name}: {tables[name].num_rows} events read; replaying {scale.events[name]}")
+        result["datasets"][name] = replay(name, tables[name].slice(0, scale.events[name]), scale)
+    first = args.datasets[0]
+    result["cycle_10k"] = time_one_cycle(tables[first], scale, first)
+    result["goals"] = goals(result)
+    result["wall_s"] = round(time.perf_counter() - began, 1)
+    args.out.mkdir(parents=True, exist_ok=True)
+    name = "continual-quick" if args.quick else "continual"
+    (args.out / f"{name}.json").write_text(json.dumps(result, indent=2))
+    plot(result, args.out / f"{name}.png")
+    print(json.dumps(result, indent=2))
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+# --- the replay ----------------------------------------------------------------------------
+def replay(name: str, table: pa.Table, scale: Scale) -> dict:
+    bounds = np.linspace(0, table.num_rows, scale.windows + 1).astype(int)
+    max_len = scale.max_len[name]
+    cycle = CycleConfig(
+        dim=scale.dim,
+        blocks=scale.blocks,
+        max_len=max_len,
+        train_steps=scale.train_steps,
+        batch_size=scale.batch_size,
+        publish_users=scale.publish_users,
+    )
+    growth = LoopConfig(cycle=cycle, max_depth=scale.max_depth)
+    flat = replace(growth, growth_policy="none")
+    warm, warm_fit = retrain(table.slice(0, bounds[1]), scale.blocks, cycle, scale)
+    log(f"{name}: warm-up on {bounds[1]} events, {warm_fit['seconds']:.1f} s")
+    arms = {"a": Arm(copy.deepcopy(warm), growth, int(bounds[1])), "b": Arm(warm, flat, bounds[1])}
+    retrain_from = 1 if scale.retrain_windows == 0 else scale.windows - scale.retrain_windows
+    early, windows = None, []
+    for w in range(1, scale.windows):
+        start, end = int(bounds[w]), int(bounds[w + 1])
+        record = {"window": w, "events": end - start, "history": start}
+        serving_depth = arms["a"].learner.model.depth
+        for key, arm in arms.items():
+            record[key] = arm.step(table, end)
+        if early is None:
+            early = early_slice(arms["a"].last.data, scale.early_slice, max_len)
+        for key, arm in arms.items():
+            record[key]["early_slice_ndcg@10"] = early.score(arm.learner.model)
+        record["c"] = c_window(table, start, end, serving_depth, cycle, scale, w >= retrain_from)
+        windows.append(record)
+        a, b, c = record["a"], record["b"], record["c"]
+        log(
+            f"{name} window {w}: ndcg@10 a {a['ndcg@10']:.4f} (depth {a['depth']}) "
+            f"b {b['ndcg@10']:.4f} c {c.get('ndcg@10', float('nan')):.4f}; "
+            f"a {a['wall_s']:.1f} s"
+        )
+    return {
+        "events": table.num_rows,
+        "windows": windows,
+        "warm_up": warm_fit,
+        "summary": summarise(windows, warm_fit, scale),
+    }
+
+
+class Arm:
+    """One learner moving through the windows; a rejected cycle's events are redone."""
+
+    def __init__(self, learner: Learner, config: LoopConfig, trained_upto: int) -> None:
+        self.learner, self.config, self.trained_upto = learner, config, trained_upto
+        self.last = None
+
+    def step(self, table: pa.Table, end: int) -> dict:
+        began = time.perf_counter()
+        history, fresh = (
+            table.slice(0, self.trained_upto),
+            table.slice(self.trained_upto, end - self.trained_upto),
+        )
+        out = learn_cycle(self.learner, history, fresh, self.config)
+        wall = time.perf_counter() - began
+        self.last, self.learner = out, out.learner
+        if out.promoted:
+            self.trained_upto = end
+        q = out.prequential
+        return {
+            "ndcg@10": q["all"]["ndcg@10"],
+            "hr@10": q["all"]["hr@10"],
+            "n": q["all"]["n"],
+            "new_items": out.data.n_new_items,
+            "new_item_ndcg@10": q["new"]["ndcg@10"],
+            "new_item_hr@10": q["new"]["hr@10"],
+            "new_item_events": q["new"]["n"],
+            "new_items_recommended": new_items_recommended(out, self.config.cycle),
+            "depth": out.learner.model.depth,
+            "grew": bool(out.growth["grow"]),
+            "growth_reason": out.growth["reason"],
+            "promoted": out.promoted,
+            "gate_reason": out.verdict.reason,
+            "train_s": round(out.train_seconds, 3),
+            "train_targets": out.train_targets,
+            "stages_s": out.stages_s,
+            "wall_s": round(wall, 3),
+            "freshness_s": round(wall, 3),  # newest event of the window -> servable version
+        }
+
+
+def new_items_recommended(out, cycle: CycleConfig) -> float | None:
+    """Share of the items first seen in this cycle that some recent user's top-K holds."""
+    if not out.promoted or out.data.n_new_items == 0:
+        return None
+    learner, data = out.learner, out.data
+    users = data.batch_users[-cycle.publish_users :]
+    best = top_k(learner.model, data.sequences, users, cycle.top_k)
+    first_new = len(learner.vocab) - data.n_new_items
+    shown = np.unique(best.items)
+    return round(float((shown >= first_new).sum()) / data.n_new_items, 4)
+
+
+@dataclass
+class EarlySlice:
+    contexts: torch.Tensor
+    targets: torch.Tensor
+
+    def score(self, model) -> float:
+        return next_item_metrics(rank_targets(model, self.contexts, self.targets))["ndcg@10"]
+
+
+def early_slice(data, n: int, max_len: int) -> EarlySlice:
+    """A fixed sample of window 1's trained events, with the contexts they had then."""
+    trained = data.is_new & ~data.is_holdout
+    contexts, targets, _ = data.sequences.contexts_for(trained, max_len)
+    pick = torch.from_numpy(np.random.default_rng(0).permutation(len(targets))[:n])
+    return EarlySlice(contexts[pick], targets[pick])
+
+
+def retrain(events: pa.Table, depth: int, cycle: CycleConfig, scale: Scale) -> tuple[Learner, dict]:
+    """A model from scratch on ``events`` at ``depth``: ``retrain_epochs`` full passes."""
+    model_cls, config_cls = MODELS[cycle.kind]
+    shape = config_cls(n_items=2, dim=cycle.dim, n_blocks=depth, max_len=cycle.max_len)
+    learner = Learner(model_cls(shape), Vocabulary())
+    data = continual.prepare(learner, events.schema.empty_table(), events, holdout_share=0.0)
+    windows = data.sequences.windows(cycle.max_len)
+    trainer = Trainer(learner.model, TrainConfig(batch_size=cycle.batch_size, seed=cycle.seed))
+    fit = trainer.fit(windows, epochs=scale.retrain_epochs)
+    learner.model, learner.optimizer_state = trainer.model.cpu(), trainer.optimizer_state()
+    learner.lineage = {
+        "observations": [
+            asdict(
+                Observation(
+                    events_seen=events.num_rows,
+                    block_parameters=sum(p.numel() for p in learner.model.blocks.parameters()),
+                    depth=depth,
+                    loss=math.nan,
+                )
+            )
+        ]
+    }
+    return learner, {"seconds": round(fit.seconds, 3), "targets": fit.targets, "depth": depth}
+
+
+def epoch_targets(events: pa.Table, max_len: int) -> int:
+    """Next-item targets in one pass over ``events`` (what a retrain processes per epoch)."""
+    learner = Learner(MODELS["nextitnet"][0](MODELS["nextitnet"][1](n_items=2)), Vocabulary())
+    data = continual.prepare(learner, events.schema.empty_table(), events, holdout_share=0.0)
+    return int(target_mask(data.sequences.windows(max_len)).sum())
+
+
+def c_window(
+    table: pa.Table, start: int, end: int, depth: int, cycle: CycleConfig, scale: Scale, run: bool
+) -> dict:
+    """(c): retrain on everything before the window, score the window prequentially."""
+    targets = epoch_targets(table.slice(0, start), cycle.max_len) * scale.retrain_epochs
+    if not run:
+        return {"depth": depth, "train_targets": targets, "measured": False}
+    learner, fit = retrain(table.slice(0, start), depth, cycle, scale)
+    data = continual.prepare(learner, table.slice(0, start), table.slice(start, end - start))
+    q = continual.prequential(learner, data)["all"]
+    return {
+        "ndcg@10": q["ndcg@10"],
+        "hr@10": q["hr@10"],
+        "depth": depth,
+        "train_s": fit["seconds"],
+        "train_targets": fit["targets"],
+        "measured": True,
+    }
+
+
+def summarise(windows: list[dict], warm: dict, scale: Scale) -> dict:
+    measured = [w for w in windows if w["c"]["measured"]]
+    a = np.mean([w["a"]["ndcg@10"] for w in measured]) if measured else math.nan
+    c = np.mean([w["c"]["ndcg@10"] for w in measured]) if measured else math.nan
+    later = windows[len(windows) // 2 :]
+    early0 = windows[0]["a"]["early_slice_ndcg@10"]
+    drops = (
+        [(early0 - w["a"]["early_slice_ndcg@10"]) / early0 for w in windows[1:]] if early0 else []
+    )
+    targets = {k: warm["targets"] + sum(w[k]["train_targets"] for w in windows) for k in "ab"}
+    seconds = {k: warm["seconds"] + sum(w[k]["train_s"] for w in windows) for k in "ab"}
+    c_targets_all = warm["targets"] + sum(w["c"]["train_targets"] for w in windows)
+    c_measured_s = sum(w["c"].get("train_s", 0.0) for w in measured)
+    c_measured_t = sum(w["c"]["train_targets"] for w in measured)
+    recommended = [
+        w["a"]["new_items_recommended"]
+        for w in windows
+        if w["a"]["new_items_recommended"] is not None
+    ]
+    return {
+        "last_windows": [w["window"] for w in measured],
+        "ndcg@10_last": {"a": a, "c": c, "a_over_c": a / c if c else math.nan},
+        "ndcg@10_second_half": {
+            "a": float(np.mean([w["a"]["ndcg@10"] for w in later])),
+            "b": float(np.mean([w["b"]["ndcg@10"] for w in later])),
+        },
+        "compute": {
+            "a_train_targets": targets["a"],
+            "b_train_targets": targets["b"],
+            "a_train_s": round(seconds["a"], 2),
+            "b_train_s": round(seconds["b"], 2),
+            "c_train_targets_every_window": c_targets_all,  # counted: epochs x targets/epoch
+            "c_train_targets_measured": c_measured_t,
+            "c_train_s_measured": round(c_measured_s, 2),
+            "a_over_c_every_window": targets["a"] / c_targets_all,
+            "a_over_c_last_retrain": (
+                targets["a"] / measured[-1]["c"]["train_targets"] if measured else math.nan
+            ),
+        },
+        "forgetting_early_slice_max": max(drops) if drops else None,
+        "new_items_recommended_min": min(recommended) if recommended else None,
+        "depths_a": [w["a"]["depth"] for w in windows],
+        "rejected": {k: sum(not w[k]["promoted"] for w in windows) for k in "ab"},
+        "cycle_wall_s_mean": float(np.mean([w["a"]["wall_s"] for w in windows])),
+    }
+
+
+# --- one 10,000-event cycle by stage --------------------------------------------------------
+def time_one_cycle(table: pa.Table, scale: Scale, name: str) -> dict:
+    """A cycle of ``cycle_events`` events after the replayed prefix, every stage timed."""
+    history_n = scale.events[name]
+    fresh = table.slice(history_n, scale.cycle_events)
+    history = table.slice(0, history_n)
+    cycle = CycleConfig(
+        dim=scale.dim, blocks=scale.blocks, max_len=scale.max_len[name],
+        train_steps=200, batch_size=scale.batch_size,
+    )  # fmt: skip
+    learner, _ = retrain(history, scale.blocks, replace(cycle), replace(scale, retrain_epochs=1))
+    learner.parent = 1
+    out = learn_cycle(learner, history, fresh, LoopConfig(cycle=cycle, max_depth=scale.max_depth))
+    stages = dict(out.stages_s)
+    with tempfile.TemporaryDirectory() as root:
+        began = time.perf_counter()
+        continual.save(Registry(Path(root)), out.learner, {"benchmark": True})
+        stages["register"] = round(time.perf_counter() - began, 4)
+    began = time.perf_counter()
+    recs = continual.recommendations(out.learner, out.data, cycle)
+    stages["recommend"] = round(time.perf_counter() - began, 4)
+    stages |= publish_seconds(recs)
+    return {
+        "dataset": name,
+        "events": fresh.num_rows,
+        "history": history_n,
+        "train_steps": cycle.train_steps,
+        "users_published": len(recs.user_ids),
+        "items_published": len(recs.item_ids),
+        "stages_s": stages,
+        "total_s": round(sum(stages.values()), 3),
+        "note": "ingest from Kafka not included: see benchmarks/cycle.py for the flow on the "
+        "local stack",
+    }
+
+
+def publish_seconds(recs) -> dict:
+    """Seconds to publish to a throwaway local Redis, if a server binary can be started."""
+    from streaming import services
+    from streaming.redis_store import RedisConfig, Snapshot, publish
+
+    with tempfile.TemporaryDirectory() as run_dir:
+        host, port = "127.0.0.1", services.free_port()
+        try:
+            services.start(
+                "redis",
+                services.redis_command(host, port, Path(run_dir)),
+                host,
+                port,
+                Path(run_dir),
+            )
+        except Exception as error:  # no server binary here: report, do not fail the run
+            return {"publish_skipped": str(error)[:200]}
+        try:
+            snapshot = Snapshot(1, recs.item_ids, recs.item_vectors, recs.user_ids,
+                                recs.user_vectors, recs.top_k, recs.popular, meta={})  # fmt: skip
+            began = time.perf_counter()
+            publish(RedisConfig(url=f"redis://{host}:{port}/0", prefix="bench"), snapshot)
+            return {"publish": round(time.perf_counter() - began, 4)}
+        finally:
+            services.stop(Path(run_dir), "redis")
+
+
+# --- goals and the plot ----------------------------------------------------------------------
+def goals(result: dict) -> dict:
+    out = {}
+    for name, data in result["datasets"].items():
+        s = data["summary"]
+        out[name] = {
+            "a_within_2pct_of_c_last_windows": bool(s["ndcg@10_last"]["a_over_c"] >= 0.98),
+            "a_compute_le_20pct_of_c_every_window": bool(
+                s["compute"]["a_over_c_every_window"] <= 0.2
+            ),
+            "a_better_than_b_second_half": bool(
+                s["ndcg@10_second_half"]["a"] > s["ndcg@10_second_half"]["b"]
+            ),
+            "new_items_in_recommendations_after_first_cycle": bool(
+                (s["new_items_recommended_min"] or 0) > 0
+            ),
+            "forgetting_under_5pct": bool(
+                s["forgetting_early_slice_max"] is not None
+                and s["forgetting_early_slice_max"] < 0.05
+            ),
+        }
+    out["cycle_10k_under_30s"] = bool(result["cycle_10k"]["total_s"] < 30)
+    return out
+
+
+def plot(result: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(result["datasets"])
+    fig, axes = plt.subplots(2, len(names), figsize=(6 * len(names), 7), squeeze=False)
+    for col, name in enumerate(names):
+        windows = result["datasets"][name]["windows"]
+        x = [w["window"] for w in windows]
+        top, bottom = axes[0][col], axes[1][col]
+        top.plot(x, [w["a"]["ndcg@10"] for w in windows], "o-", label="(a) loop + growth")
+        top.plot(x, [w["b"]["ndcg@10"] for w in windows], "s-", label="(b) loop, no growth")
+        cx = [w["window"] for w in windows if w["c"]["measured"]]
+        cy = [w["c"]["ndcg@10"] for w in windows if w["c"]["measured"]]
+        top.plot(cx, cy, "D", markersize=9, label="(c) full retrain")
+        for w in windows:
+            if w["a"]["grew"]:
+                top.annotate(f"{w['a']['depth']}", (w["window"], w["a"]["ndcg@10"]),
+                             textcoords="offset points", xytext=(0, 8), ha="center")  # fmt: skip
+        top.set_title(f"{name}: prequential NDCG@10 (numbers: depth after stacking)")
+        top.set_xlabel("window")
+        top.legend()
+        warm = result["datasets"][name]["warm_up"]["targets"]
+        for key, label in (("a", "(a)"), ("b", "(b)"), ("c", "(c) every window")):
+            bottom.plot(x, warm + np.cumsum([w[key]["train_targets"] for w in windows]), "o-",
+                        label=label)  # fmt: skip
+        bottom.set_yscale("log")
+        bottom.set_title(f"{name}: cumulative training examples (targets)")
+        bottom.set_xlabel("window")
+        bottom.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,140 @@
+"""One continual cycle's learning sequence, in process: the order ``flows/cycle.py`` runs.
+
+    prepare -> prequential (serving model) -> observe, decide, maybe stack -> fine-tune
+    -> gate (candidate vs serving on the holdout) -> top up on the holdout if promoted
+
+The flow wraps each step in a task and adds the edges (Kafka, registry, Redis); a benchmark or
+a notebook calls ``learn_cycle`` directly. The serving learner is never changed: the candidate
+is a deep copy, so a rejected cycle leaves the caller with the model it had.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
+
+import pyarrow as pa
+
+from stackrec import continual
+from stackrec.continual import CycleConfig, CycleData, Learner
+from stackrec.gate import GateConfig, Verdict, judge
+from stackrec.growth import Decision, make_policy
+from stackrec.train import TrainResult
+
+
+@dataclass(frozen=True)
+class LoopConfig:
+    cycle: CycleConfig = field(default_factory=CycleConfig)
+    growth_policy: str = "data_volume"  # data_volume | fitted | none
+    growth_factor: float = 2.0  # data_volume: stack when the data grew this many times
+    max_depth: int = 16
+    stack_operator: str = "adjacent"
+    stack_mode: str = "function_preserving"
+    gate: GateConfig = field(default_factory=GateConfig)
+
+    def __post_init__(self) -> None:
+        if self.growth_policy not in ("data_volume", "fitted", "none"):
+            raise ValueError(f"growth_policy={self.growth_policy!r}: data_volume|fitted|none")
+
+
+@dataclass
+class CycleOutcome:
+    learner: Learner  # the candidate if promoted, else the serving learner unchanged
+    promoted: bool
+    data: CycleData
+    prequential: dict[str, dict[str, float]]
+    growth: dict
+    verdict: Verdict
+    training: list[TrainResult] = field(default_factory=list)  # fine-tune, then top-up
+    stages_s: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def train_seconds(self) -> float:
+        return sum(r.seconds for r in self.training)
+
+    @property
+    def train_targets(self) -> int:
+        return sum(r.targets for r in self.training)
+
+
+def decide(learner: Learner, config: LoopConfig) -> Decision:
+    """The growth policy's decision on the learner's history (observed this cycle)."""
+    if config.growth_policy == "none":
+        return Decision(False, "none", "growth disabled")
+    options = {"factor": config.growth_factor} if config.growth_policy == "data_volume" else {}
+    return make_policy(config.growth_policy, config.max_depth, **options).decide(
+        learner.observations
+    )
+
+
+def learn_cycle(
+    serving: Learner,
+    history: pa.Table,
+    fresh: pa.Table,
+    config: LoopConfig = LoopConfig(),
+    on_stage: Callable[[str, float], None] | None = None,
+) -> CycleOutcome:
+    """Evaluate ``serving`` on ``fresh``, train a candidate on it, and judge the candidate."""
+    stages: dict[str, float] = {}
+    clock = _clock(stages, on_stage)
+    learner = copy.deepcopy(serving)
+    first = serving.parent is None and not serving.observations
+    with clock("sequences"):
+        data = continual.prepare(learner, history, fresh, config.cycle.holdout_share)
+    with clock("evaluate"):
+        quality = continual.prequential(learner, data)
+        serving_holdout = continual.holdout_metrics(learner.model, data)
+    with clock("stack"):
+        continual.observe(learner, data, quality)
+        decision = decide(learner, config)
+        event = continual.grow(learner, decision, config.stack_operator, config.stack_mode)
+    with clock("train"):
+        windows = continual.training_windows(data, config.cycle, learner.model.config.max_len)
+        tuned = continual.fine_tune(learner, windows, config.cycle)
+    with clock("gate"):
+        candidate = continual.holdout_metrics(learner.model, data)
+        verdict = judge(
+            learner.model,
+            tuned.mean_loss if tuned else 0.0,
+            candidate,
+            None if first else serving_holdout,
+            config.gate,
+            serving_loss=None if first else quality["all"]["loss"],
+        )
+        topped = continual.top_up(learner, data, config.cycle) if verdict.promote else None
+        if topped is not None and not math.isfinite(topped.mean_loss):
+            verdict = Verdict(False, f"top-up on the holdout diverged: {topped.mean_loss}")
+    return CycleOutcome(
+        learner=learner if verdict.promote else serving,
+        promoted=verdict.promote,
+        data=data,
+        prequential=quality,
+        growth={**decision.as_dict(), "event": event},
+        verdict=verdict,
+        training=[r for r in (tuned, topped) if r is not None],
+        stages_s=stages,
+    )
+
+
+def with_steps(config: LoopConfig, steps: int) -> LoopConfig:
+    """The same loop with another per-cycle step budget."""
+    return replace(config, cycle=replace(config.cycle, train_steps=steps))
+
+
+def _clock(into: dict[str, float], on_stage: Callable[[str, float], None] | None):
+    @contextmanager
+    def stage(name: str) -> Iterator[None]:
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            seconds = time.perf_counter() - started
+            into[name] = round(into.get(name, 0.0) + seconds, 4)
+            if on_stage is not None:
+                on_stage(name, seconds)
+
+    return stage
