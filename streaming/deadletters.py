@@ -10,14 +10,16 @@ logged sends them again on the retry, so readers deduplicate by source partition
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
-from kafka.errors import KafkaError
+from kafka.errors import KafkaError, MessageSizeTooLargeError
 
 from streaming.events import Rejection
 from streaming.kafka_config import KafkaConfig
 from streaming.topics import BrokerUnavailable, dead_letter_topic
+
+KEEP_BYTES = 64 * 1024  # what is kept of a message too large for the dead-letter topic
 
 
 @dataclass(frozen=True)
@@ -31,26 +33,35 @@ class DeadLetter:
     source_offset: int
     dlq_partition: int = -1  # where it sits in the dead-letter topic (when read back)
     dlq_offset: int = -1
+    truncated_from: int | None = None  # original size, when only a prefix could be kept
 
 
 def headers_of(letter: DeadLetter) -> list[tuple[str, bytes]]:
-    return [
+    headers = [
         ("reason", letter.reason.encode()),
         ("detail", letter.detail.encode("utf-8", "replace")),
         ("source_topic", letter.source_topic.encode()),
         ("source_partition", str(letter.source_partition).encode()),
         ("source_offset", str(letter.source_offset).encode()),
     ]
+    if letter.truncated_from is not None:
+        headers.append(("truncated_from", str(letter.truncated_from).encode()))
+    return headers
 
 
 class DeadLetterSender:
     """One producer to ``<topic>.dlq``, opened on the first reject; ``flush`` makes the sent
-    letters durable (acks=all) and raises ``BrokerUnavailable`` if any failed."""
+    letters durable (acks=all) and raises ``BrokerUnavailable`` if any failed.
+
+    A message too large for the dead-letter topic (the client's or the broker's limit) is kept
+    as its first ``KEEP_BYTES`` with a ``truncated_from`` header, rather than failing the batch
+    over and over (a poison message).
+    """
 
     def __init__(self, kafka: KafkaConfig, topic: str) -> None:
         self.kafka, self.topic = kafka, topic
         self._producer: KafkaProducer | None = None
-        self._pending: list = []
+        self._pending: list[tuple[object, DeadLetter, str]] = []
 
     def send(
         self, key: bytes | None, value: bytes | None, partition: int, offset: int, why: Rejection
@@ -59,18 +70,20 @@ class DeadLetterSender:
         self.send_letter(letter, dead_letter_topic(self.topic))
 
     def send_letter(self, letter: DeadLetter, topic: str) -> None:
-        """Send ``letter`` (headers included) to ``topic``."""
+        """Queue ``letter`` (headers included) for ``topic``."""
         try:
             if self._producer is None:
-                self._producer = KafkaProducer(**self.kafka.producer_options())
-            future = self._producer.send(
-                topic, key=letter.key, value=letter.value, headers=headers_of(letter)
-            )
+                self._producer = KafkaProducer(
+                    linger_ms=5, batch_size=1 << 20, **self.kafka.producer_options()
+                )
+            try:
+                future = self._send(letter, topic)
+            except MessageSizeTooLargeError:
+                letter = _truncated(letter)
+                future = self._send(letter, topic)
         except KafkaError as error:
-            raise BrokerUnavailable(
-                f"dead letter to {self.kafka.bootstrap} failed: {error}"
-            ) from None
-        self._pending.append(future)
+            raise self._failed(error) from None
+        self._pending.append((future, letter, topic))
 
     def flush(self) -> None:
         if self._producer is None:
@@ -78,17 +91,37 @@ class DeadLetterSender:
         pending, self._pending = self._pending, []
         try:
             self._producer.flush()
-            for future in pending:
+            retry = []
+            for future, letter, topic in pending:
+                try:
+                    future.get(timeout=30)
+                except MessageSizeTooLargeError:  # the broker's limit is lower than ours
+                    if letter.truncated_from is not None:
+                        raise
+                    retry.append(self._send(_truncated(letter), topic))
+            self._producer.flush()
+            for future in retry:
                 future.get(timeout=30)
         except KafkaError as error:
-            raise BrokerUnavailable(
-                f"dead letter to {self.kafka.bootstrap} failed: {error}"
-            ) from None
+            raise self._failed(error) from None
 
     def close(self) -> None:
         if self._producer is not None:
             self._producer.close()
             self._producer = None
+
+    def _send(self, letter: DeadLetter, topic: str):
+        return self._producer.send(
+            topic, key=letter.key, value=letter.value, headers=headers_of(letter)
+        )
+
+    def _failed(self, error: Exception) -> BrokerUnavailable:
+        return BrokerUnavailable(f"dead letter to {self.kafka.bootstrap} failed: {error}")
+
+
+def _truncated(letter: DeadLetter) -> DeadLetter:
+    size = len(letter.value or b"")
+    return replace(letter, value=(letter.value or b"")[:KEEP_BYTES], truncated_from=size)
 
 
 def read_dead_letters(
@@ -159,6 +192,7 @@ def _letter(record) -> DeadLetter:
         except ValueError:
             return -1
 
+    truncated = number("truncated_from")
     return DeadLetter(
         key=record.key,
         value=record.value,
@@ -169,4 +203,5 @@ def _letter(record) -> DeadLetter:
         source_offset=number("source_offset"),
         dlq_partition=record.partition,
         dlq_offset=record.offset,
+        truncated_from=truncated if truncated >= 0 else None,
     )
