@@ -74,21 +74,26 @@ class Scale:
     max_depth: int = 8
     train_steps: int = 30  # per cycle, (a) and (b)
     batch_size: int = 128
-    retrain_epochs: int = 6  # (c) and the warm-up
+    retrain_epochs: dict = None  # dataset -> epochs of (c) and of the warm-up
+    lr: float = 3e-3  # every arm (1e-3 learns too slowly in these budgets)
     retrain_windows: int = 2  # (c) runs on the last N windows; 0: every window
     early_slice: int = 2_000  # events of window 1 watched for forgetting
     publish_users: int = 2_000  # users whose top-K is checked for new items
     cycle_events: int = 10_000
 
 
-FULL = Scale(events={"ml-1m": 160_000, "beauty": 100_000}, max_len={"ml-1m": 50, "beauty": 20})
+FULL = Scale(
+    events={"ml-1m": 160_000, "beauty": 60_000},
+    max_len={"ml-1m": 50, "beauty": 20},
+    retrain_epochs={"ml-1m": 20, "beauty": 10},
+)
 QUICK = Scale(
     events={"ml-1m": 30_000, "beauty": 16_000},
     max_len={"ml-1m": 30, "beauty": 10},
     windows=4,
     dim=16,
     train_steps=10,
-    retrain_epochs=2,
+    retrain_epochs={"ml-1m": 5, "beauty": 5},
     retrain_windows=1,
     early_slice=500,
     publish_users=500,
@@ -144,11 +149,13 @@ def replay(name: str, table: pa.Table, scale: Scale) -> dict:
         max_len=max_len,
         train_steps=scale.train_steps,
         batch_size=scale.batch_size,
+        lr=scale.lr,
         publish_users=scale.publish_users,
     )
     growth = LoopConfig(cycle=cycle, max_depth=scale.max_depth)
     flat = replace(growth, growth_policy="none")
-    warm, warm_fit = retrain(table.slice(0, bounds[1]), scale.blocks, cycle, scale)
+    epochs = scale.retrain_epochs[name]
+    warm, warm_fit = retrain(table.slice(0, bounds[1]), scale.blocks, cycle, epochs)
     log(f"{name}: warm-up on {bounds[1]} events, {warm_fit['seconds']:.1f} s")
     arms = {"a": Arm(copy.deepcopy(warm), growth, int(bounds[1])), "b": Arm(warm, flat, bounds[1])}
     retrain_from = 1 if scale.retrain_windows == 0 else scale.windows - scale.retrain_windows
@@ -163,7 +170,8 @@ def replay(name: str, table: pa.Table, scale: Scale) -> dict:
             early = early_slice(arms["a"].last.data, scale.early_slice, max_len)
         for key, arm in arms.items():
             record[key]["early_slice_ndcg@10"] = early.score(arm.learner.model)
-        record["c"] = c_window(table, start, end, serving_depth, cycle, scale, w >= retrain_from)
+        run_c = w >= retrain_from
+        record["c"] = c_window(table, start, end, serving_depth, cycle, epochs, run_c)
         windows.append(record)
         a, b, c = record["a"], record["b"], record["c"]
         log(
@@ -238,7 +246,12 @@ class EarlySlice:
     targets: torch.Tensor
 
     def score(self, model) -> float:
-        return next_item_metrics(rank_targets(model, self.contexts, self.targets))["ndcg@10"]
+        """NDCG@10 on the slice; events with items a model never admitted (its cycle was
+        rejected) are left out for that model."""
+        n_items = model.config.n_items
+        known = (self.targets < n_items) & (self.contexts.max(1).values < n_items)
+        ranks = rank_targets(model, self.contexts[known], self.targets[known])
+        return next_item_metrics(ranks)["ndcg@10"]
 
 
 def early_slice(data, n: int, max_len: int) -> EarlySlice:
@@ -249,15 +262,17 @@ def early_slice(data, n: int, max_len: int) -> EarlySlice:
     return EarlySlice(contexts[pick], targets[pick])
 
 
-def retrain(events: pa.Table, depth: int, cycle: CycleConfig, scale: Scale) -> tuple[Learner, dict]:
-    """A model from scratch on ``events`` at ``depth``: ``retrain_epochs`` full passes."""
+def retrain(events: pa.Table, depth: int, cycle: CycleConfig, epochs: int) -> tuple[Learner, dict]:
+    """A model from scratch on ``events`` at ``depth``: ``epochs`` full passes."""
     model_cls, config_cls = MODELS[cycle.kind]
     shape = config_cls(n_items=2, dim=cycle.dim, n_blocks=depth, max_len=cycle.max_len)
     learner = Learner(model_cls(shape), Vocabulary())
     data = continual.prepare(learner, events.schema.empty_table(), events, holdout_share=0.0)
     windows = data.sequences.windows(cycle.max_len)
-    trainer = Trainer(learner.model, TrainConfig(batch_size=cycle.batch_size, seed=cycle.seed))
-    fit = trainer.fit(windows, epochs=scale.retrain_epochs)
+    trainer = Trainer(
+        learner.model, TrainConfig(lr=cycle.lr, batch_size=cycle.batch_size, seed=cycle.seed)
+    )
+    fit = trainer.fit(windows, epochs=epochs)
     learner.model, learner.optimizer_state = trainer.model.cpu(), trainer.optimizer_state()
     learner.lineage = {
         "observations": [
@@ -282,13 +297,13 @@ def epoch_targets(events: pa.Table, max_len: int) -> int:
 
 
 def c_window(
-    table: pa.Table, start: int, end: int, depth: int, cycle: CycleConfig, scale: Scale, run: bool
+    table: pa.Table, start: int, end: int, depth: int, cycle: CycleConfig, epochs: int, run: bool
 ) -> dict:
     """(c): retrain on everything before the window, score the window prequentially."""
-    targets = epoch_targets(table.slice(0, start), cycle.max_len) * scale.retrain_epochs
+    targets = epoch_targets(table.slice(0, start), cycle.max_len) * epochs
     if not run:
         return {"depth": depth, "train_targets": targets, "measured": False}
-    learner, fit = retrain(table.slice(0, start), depth, cycle, scale)
+    learner, fit = retrain(table.slice(0, start), depth, cycle, epochs)
     data = continual.prepare(learner, table.slice(0, start), table.slice(start, end - start))
     q = continual.prequential(learner, data)["all"]
     return {
@@ -354,11 +369,8 @@ def time_one_cycle(table: pa.Table, scale: Scale, name: str) -> dict:
     history_n = scale.events[name]
     fresh = table.slice(history_n, scale.cycle_events)
     history = table.slice(0, history_n)
-    cycle = CycleConfig(
-        dim=scale.dim, blocks=scale.blocks, max_len=scale.max_len[name],
-        train_steps=200, batch_size=scale.batch_size,
-    )  # fmt: skip
-    learner, _ = retrain(history, scale.blocks, replace(cycle), replace(scale, retrain_epochs=1))
+    cycle = CycleConfig()  # the product's defaults: dim 64, 2 blocks, max_len 50, 200 steps
+    learner, _ = retrain(history, cycle.blocks, cycle, epochs=1)
     learner.parent = 1
     out = learn_cycle(learner, history, fresh, LoopConfig(cycle=cycle, max_depth=scale.max_depth))
     stages = dict(out.stages_s)
