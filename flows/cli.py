@@ -285,3 +285,6 @@ from flows import bootstrap, transfer  # noqa: E402  (scenario flows: import Pre
 
 app.command(name="bootstrap")(user_errors(bootstrap.bootstrap_command))
 app.command(name="transfer")(user_errors(transfer.transfer_command))
+from flows import dlq  # noqa: E402
+
+app.add_typer(dlq.app, name="dlq", help="Inspect and replay dead-lettered messages.")

@@ -77,6 +77,7 @@ class ConfluentSource:
             [m.offset() for m in messages],
             [m.key() for m in messages],
             [m.value() for m in messages],
+            [m.headers() for m in messages],
         )
 
     def assigned(self) -> set[int]:

@@ -234,6 +234,7 @@ class Ingestor:
                 block.partitions[row],
                 block.offsets[row],
                 rejection,
+                block.headers[row],
             )
         self._dead_letters.flush()
         fault_point("after_dead_letter")

@@ -86,6 +86,7 @@ class KafkaPythonSource:
             block.offsets += [r.offset for r in records]
             block.keys += [r.key for r in records]
             block.values += [r.value for r in records]
+            block.headers += [r.headers for r in records]
         return block
 
     def assigned(self) -> set[int]:

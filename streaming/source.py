@@ -32,6 +32,7 @@ class Block:
     offsets: list[int] = field(default_factory=list)
     keys: list[bytes | None] = field(default_factory=list)
     values: list[bytes | None] = field(default_factory=list)
+    headers: list[list[tuple[str, bytes]] | None] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.offsets)
@@ -41,6 +42,7 @@ class Block:
         self.offsets += other.offsets
         self.keys += other.keys
         self.values += other.values
+        self.headers += other.headers
 
     def take(self, rows: list[int]) -> Block:
         return Block(
@@ -48,6 +50,7 @@ class Block:
             [self.offsets[i] for i in rows],
             [self.keys[i] for i in rows],
             [self.values[i] for i in rows],
+            [self.headers[i] for i in rows],
         )
 
 
