@@ -4,16 +4,22 @@ Redis -> `stackrec recommend`, and the one-line errors of a user with nothing to
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.csv
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from flows.cli import app
 from flows.settings import Settings
+from stackrec import continual
 from stackrec.checkpoint import from_payload
+from stackrec.continual import CycleConfig
+from stackrec.loop import LoopConfig, learn_cycle
+from stackrec.registry import Registry
 from stackrec.synthetic import StreamConfig, generate
 from streaming.events import LOG_SCHEMA
 from streaming.log import InteractionLog
@@ -120,3 +126,30 @@ def test_bootstrap_rejects_a_schedule_stacking_cannot_follow(stack):
     result = CliRunner().invoke(app, ["bootstrap", "--schedule", "4,2"])
     assert result.exit_code == 1
     assert result.output.strip() == "error: schedule (4, 2): depths must increase"
+
+
+def test_learn_cycle_leaves_the_serving_learner_alone_when_the_gate_rejects(tmp_path):
+    """The benchmark's in-process loop keeps the flow's promise: a rejected candidate changes
+    nothing the caller holds (weights, vocabulary), and the next cycle redoes the events."""
+    table = generate(StreamConfig(n_events=2_000, n_users=80, n_items=200, seed=4))
+    cycle = CycleConfig(dim=16, max_len=20, train_steps=10, holdout_share=0.2)
+    config = LoopConfig(cycle=cycle)
+    empty = table.schema.empty_table()
+    first = learn_cycle(continual.resume(Registry(tmp_path), cycle), empty, table[:1_000], config)
+    assert first.promoted and first.verdict.reason.startswith("first model")
+    serving = first.learner
+    weights = {k: v.clone() for k, v in serving.model.state_dict().items()}
+    items = len(serving.vocab)
+
+    sabotaged = replace(config, cycle=replace(cycle, lr=1e4))
+    bad = learn_cycle(serving, table[:1_000], table[1_000:], sabotaged)
+    assert not bad.promoted and "diverged" in bad.verdict.reason
+    assert bad.learner is serving and len(serving.vocab) == items
+    assert all(torch.equal(v, serving.model.state_dict()[k]) for k, v in weights.items())
+
+    good = learn_cycle(serving, table[:1_000], table[1_000:], config)
+    assert good.promoted and good.learner is not serving
+    assert len(good.learner.vocab) == items + good.data.n_new_items > items
+    assert good.train_targets > 0 and set(good.stages_s) == {
+        "sequences", "evaluate", "stack", "train", "gate",
+    }  # fmt: skip
