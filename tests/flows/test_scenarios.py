@@ -153,3 +153,52 @@ def test_learn_cycle_leaves_the_serving_learner_alone_when_the_gate_rejects(tmp_
     assert good.train_targets > 0 and set(good.stages_s) == {
         "sequences", "evaluate", "stack", "train", "gate",
     }  # fmt: skip
+
+
+SOURCE_MOVIES = [
+    "Matrix, The (1999)", "Toy Story (1995)", "Heat (1995)", "Amélie (2001)",
+    "Godfather, The (1972)", "Alien (1979)", "Fargo (1996)", "Brazil (1985)",
+]  # fmt: skip
+TARGET_MOVIES = [  # RecBole's ml-100k.item: title and year in separate columns
+    ("The Matrix", 1999), ("Toy Story", 1995), ("Heat", 1995), ("Amelie", 2001),
+    ("The Godfather", 1972), ("Heat", 1986), ("Clerks", 1994), ("Kids", 1995),
+]  # fmt: skip
+
+
+def test_transfer_by_titles_from_movielens_files(stack, prefect_harness, tmp_path, monkeypatch):
+    for key, value in SMALL.items():
+        monkeypatch.setenv(f"STACKREC_{key.upper()}", str(value))
+    rng = np.random.default_rng(0)
+    source_dir, target_dir = tmp_path / "ml-1m", tmp_path / "ml-100k"
+    source_dir.mkdir()
+    target_dir.mkdir()
+    (source_dir / "movies.dat").write_bytes(
+        "".join(f"{i}::{t}::Drama\n" for i, t in enumerate(SOURCE_MOVIES, 1)).encode("latin-1")
+    )
+    ratings = [f"{u}::{rng.integers(1, 9)}::4::{978300000 + 60 * n}" for n, u in
+               enumerate(rng.integers(1, 30, 600))]  # fmt: skip
+    (source_dir / "ratings.dat").write_text("\n".join(ratings) + "\n")
+    (target_dir / "ml-100k.item").write_text(
+        "item_id:token\tmovie_title:token_seq\trelease_year:token\tclass:token_seq\n"
+        + "".join(f"{10 + i}\t{t}\t{y}\tDrama\n" for i, (t, y) in enumerate(TARGET_MOVIES, 1))
+    )
+    events = [f"{u}\t{rng.integers(11, 19)}\t3\t{880000000 + 60 * n}" for n, u in
+              enumerate(rng.integers(1, 25, 400))]  # fmt: skip
+    (target_dir / "ml-100k.inter").write_text(
+        "user_id:token\titem_id:token\trating:float\ttimestamp:float\n" + "\n".join(events) + "\n"
+    )
+
+    result = CliRunner().invoke(
+        app,
+        ["transfer", "--source", str(source_dir / "ratings.dat"),
+         "--target", str(target_dir / "ml-100k.inter"), "--schedule", "1,2",
+         "--epochs-per-stage", "1", "--source-epochs", "1", "--json"],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout[result.stdout.index("{") :])
+    # 11..15 match source titles 1..5 (article, accents, year column); Heat (1986) does not
+    # match Heat (1995); Clerks and Kids are not in the source
+    assert report["mapping"] == {"how": "titles", "mapped": 5, "target_items": 8, "coverage": 0.625}
+    registry = Settings.load().registry()
+    model, vocab, _, _ = from_payload(registry.load(report["version"]))
+    assert model.depth == 2 and sorted(vocab.ids[1:]) == [str(i) for i in range(11, 19)]
