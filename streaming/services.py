@@ -9,6 +9,7 @@ cluster and ``STACKREC_REDIS_URL`` at a real Redis, and never runs this module.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -183,8 +184,15 @@ def stop(run_dir: Path, name: str, timeout_s: float = 10.0) -> bool:
             time.sleep(0.05)
         if is_running(record):
             os.killpg(record.pid, signal.SIGKILL)
+        _reap(record.pid)
     (run_dir / f"{name}.json").unlink(missing_ok=True)
     return running
+
+
+def _reap(pid: int) -> None:
+    """Collect the exit status when the service is our own child, so no zombie is left."""
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, os.WNOHANG)
 
 
 def read_record(run_dir: Path, name: str) -> ServiceRecord | None:
