@@ -3,12 +3,26 @@
 Delivery guarantee: a batch is *durable* once its segment file is written (temporary name,
 fsync, rename) and the manifest that lists it has been replaced atomically (same dance).
 Only then may the consumer commit its offsets. A crash before the manifest replace leaves an
-orphan file that no manifest names (ignored, cleaned up on the next append); a crash after it
-but before the commit makes Kafka redeliver offsets the manifest already covers, which
-``next_offsets`` lets the consumer skip. So every offset lands in the log exactly once.
+orphan file that no manifest names (ignored by readers, removed by the next writer); a crash
+after it but before the commit makes Kafka redeliver offsets the manifest already covers,
+which ``next_offsets`` lets the consumer skip. So every offset lands in the log exactly once.
 
-One process appends at a time (an exclusive ``flock`` on the log directory enforces it);
-readers only ever see whole segments named by a manifest.
+Layout: one segment per batch, under a directory per UTC day (or hour) of ingestion, Hive
+style (``date=2026-11-25/seg-00000042.parquet``), so old data is easy to find and ship.
+Segments are numbered; two cursors name them: ``ingested_through`` (the last one) and
+``trained_through`` (moved by the cycle once a model trained on them is promoted).
+
+Upkeep, both under the writers' lock and both only ever touching segments training has
+read (ids up to ``trained_through``):
+
+- ``compact`` merges runs of small segments into one file (``seg-<first>-<last>.parquet``,
+  rows keeping their segment id), lists it in place of its parts with one manifest replace,
+  then deletes the parts; reads by segment window still return exactly the same rows.
+- ``retain`` deletes the oldest segments past an age; the manifest keeps the offsets they
+  covered, so their events are never ingested again.
+
+One process writes at a time (an exclusive ``flock`` on the log directory); readers take no
+lock: they read the files one manifest names, and start over if upkeep removed one meanwhile.
 """
 
 from __future__ import annotations
@@ -17,7 +31,7 @@ import fcntl
 import json
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -30,6 +44,7 @@ from streaming.events import LOG_SCHEMA
 from streaming.faults import fault_point
 
 MANIFEST = "manifest.json"
+LAYOUTS = {"day": "date=%Y-%m-%d", "hour": "date=%Y-%m-%d/hour=%H", "flat": ""}
 
 
 class LogError(RuntimeError):
@@ -39,27 +54,47 @@ class LogError(RuntimeError):
 @dataclass(frozen=True)
 class Segment:
     id: int
-    file: str | None  # None when every message of the batch was dead-lettered
+    file: str | None  # relative to the log root; None when every message was dead-lettered
     rows: int
     offsets: dict[str, list[int]]  # partition -> [first, last] inclusive, valid and invalid alike
     min_ts: int | None
     max_ts: int | None
     created_s: float
+    first_id: int | None = None  # set when compaction merged segments first_id..id into this
+
+    @property
+    def first(self) -> int:
+        return self.id if self.first_id is None else self.first_id
 
 
 @dataclass
 class Manifest:
     segments: list[Segment] = field(default_factory=list)
     trained_through: int = 0  # highest segment id a promoted model has trained on
+    deleted_through: int = 0  # retention removed every segment up to this id
+    deleted_offsets: dict[str, int] = field(default_factory=dict)  # and their next offsets
 
     @property
     def ingested_through(self) -> int:
-        return self.segments[-1].id if self.segments else 0
+        return self.segments[-1].id if self.segments else self.deleted_through
+
+
+@dataclass(frozen=True)
+class Upkeep:
+    """What ``compact`` or ``retain`` did."""
+
+    segments_before: int
+    segments_after: int
+    rows_removed: int = 0  # retention only
+    kept_untrained: int = 0  # segments old enough to delete but not trained on yet
 
 
 class InteractionLog:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, layout: str = "day") -> None:
+        if layout not in LAYOUTS:
+            raise ValueError(f"log layout {layout!r}: expected one of {', '.join(LAYOUTS)}")
         self.root = Path(root)
+        self.layout = layout
 
     # --- reading ---------------------------------------------------------------------------
     def manifest(self) -> Manifest:
@@ -71,6 +106,8 @@ class InteractionLog:
             return Manifest(
                 segments=[Segment(**s) for s in raw["segments"]],
                 trained_through=raw["trained_through"],
+                deleted_through=raw.get("deleted_through", 0),
+                deleted_offsets=raw.get("deleted_offsets", {}),
             )
         except (ValueError, KeyError, TypeError) as error:
             raise LogError(f"unreadable log manifest {path}: {error}") from None
@@ -79,20 +116,83 @@ class InteractionLog:
         """Per partition, the first offset the log does not hold yet."""
         return _next_offsets(self.manifest())
 
-    def read(self, after: int = 0, through: int | None = None, columns: list[str] | None = None):
+    def read(
+        self, after: int = 0, through: int | None = None, columns: list[str] | None = None
+    ) -> pa.Table:
         """Events of segments ``after < id <= through`` in log order, as one Arrow table."""
-        segments = [
-            s
-            for s in self.manifest().segments
-            if s.id > after and (through is None or s.id <= through) and s.file
-        ]
-        tables = [pq.read_table(self.root / s.file, columns=columns) for s in segments]
-        if not tables:
-            schema = (
-                LOG_SCHEMA if columns is None else pa.schema([LOG_SCHEMA.field(c) for c in columns])
-            )
-            return schema.empty_table()
-        return pa.concat_tables(tables)
+
+        def pick(manifest: Manifest) -> list[tuple[Segment, list]]:
+            chosen = []
+            for s in manifest.segments:
+                if not s.file or s.id <= after or (through is not None and s.first > through):
+                    continue
+                whole = s.first > after and (through is None or s.id <= through)
+                high = s.id if through is None else through
+                chosen.append(
+                    (s, [] if whole else [("segment", ">", after), ("segment", "<=", high)])
+                )
+            return chosen
+
+        return self._read(pick, columns)
+
+    def read_window(
+        self,
+        start_ms: int | None = None,
+        end_ms: int | None = None,
+        columns: list[str] | None = None,
+    ) -> pa.Table:
+        """Events with ``start_ms <= ts < end_ms`` (event time), in log order."""
+        bounds = []
+        if start_ms is not None:
+            bounds.append(("ts", ">=", start_ms))
+        if end_ms is not None:
+            bounds.append(("ts", "<", end_ms))
+
+        def pick(manifest: Manifest) -> list[tuple[Segment, list]]:
+            return [
+                (s, bounds)
+                for s in manifest.segments
+                if s.file
+                and (start_ms is None or s.max_ts >= start_ms)
+                and (end_ms is None or s.min_ts < end_ms)
+            ]
+
+        return self._read(pick, columns)
+
+    def read_offsets(
+        self, partition: int, first: int, last: int, columns: list[str] | None = None
+    ) -> pa.Table:
+        """Events of Kafka ``partition`` with ``first <= offset <= last``, in log order."""
+        bounds = [("partition", "=", partition), ("offset", ">=", first), ("offset", "<=", last)]
+
+        def pick(manifest: Manifest) -> list[tuple[Segment, list]]:
+            chosen = []
+            for s in manifest.segments:
+                span = s.offsets.get(str(partition))
+                if s.file and span and span[0] <= last and span[1] >= first:
+                    chosen.append((s, bounds))
+            return chosen
+
+        return self._read(pick, columns)
+
+    def _read(
+        self, pick: Callable[[Manifest], list[tuple[Segment, list]]], columns: list[str] | None
+    ) -> pa.Table:
+        """Read the segments ``pick`` chooses from the manifest, each with row filters; start
+        over if upkeep replaced a file between reading the manifest and the file."""
+        names = list(columns) if columns is not None else LOG_SCHEMA.names
+        for _ in range(5):
+            try:
+                tables = [
+                    pq.read_table(self.root / s.file, columns=names, filters=bounds or None)
+                    for s, bounds in pick(self.manifest())
+                ]
+            except FileNotFoundError:
+                continue
+            if not tables:
+                return pa.schema([LOG_SCHEMA.field(c) for c in names]).empty_table()
+            return pa.concat_tables(tables)
+        raise LogError(f"segments of {self.root} keep disappearing while read")
 
     # --- writing ---------------------------------------------------------------------------
     def append(
@@ -113,8 +213,12 @@ class InteractionLog:
                 if not offsets:
                     return None
             self._check_no_overlap(manifest, offsets)
+            self._remove_orphans(manifest)
             segment_id = manifest.ingested_through + 1
-            file = f"seg-{segment_id:08d}.parquet" if events.num_rows else None
+            now = time.time()
+            file = (
+                self._file_name(f"seg-{segment_id:08d}.parquet", now) if events.num_rows else None
+            )
             if file:
                 _write_durably(self.root / file, lambda tmp: pq.write_table(events, tmp))
                 fault_point("after_segment")
@@ -126,7 +230,7 @@ class InteractionLog:
                 offsets={str(p): [first, last] for p, (first, last) in sorted(offsets.items())},
                 min_ts=pc.min(ts).as_py() if ts is not None else None,
                 max_ts=pc.max(ts).as_py() if ts is not None else None,
-                created_s=time.time(),
+                created_s=now,
             )
             manifest.segments.append(segment)
             self._write_manifest(manifest)
@@ -144,10 +248,112 @@ class InteractionLog:
             manifest.trained_through = through
             self._write_manifest(manifest)
 
+    # --- upkeep ----------------------------------------------------------------------------
+    def compact(self, target_rows: int = 200_000) -> Upkeep:
+        """Merge runs of trained segments smaller than ``target_rows`` into files of about
+        that size (never across the trained-through cursor)."""
+        with self._exclusive():
+            manifest = self.manifest()
+            before = len(manifest.segments)
+            merged: list[Segment] = []
+            for run in _runs(manifest, target_rows):
+                merged.append(self._merge(run) if len(run) > 1 else run[0])
+            merged += [s for s in manifest.segments if s.id > manifest.trained_through]
+            manifest.segments = merged
+            self._write_manifest(manifest)
+            self._remove_orphans(manifest)  # the merged parts, now that no manifest names them
+            return Upkeep(before, len(merged))
+
+    def retain(self, max_age_s: float, now_s: float | None = None) -> Upkeep:
+        """Delete the oldest segments ingested more than ``max_age_s`` ago, but only those
+        training has read; their offsets stay covered, so they are never ingested again."""
+        cutoff = (time.time() if now_s is None else now_s) - max_age_s
+        with self._exclusive():
+            manifest = self.manifest()
+            before = len(manifest.segments)
+            expired = []
+            for s in manifest.segments:
+                if s.created_s >= cutoff or s.id > manifest.trained_through:
+                    break
+                expired.append(s)
+            kept_untrained = sum(
+                1
+                for s in manifest.segments[len(expired) :]
+                if s.created_s < cutoff and s.id > manifest.trained_through
+            )
+            if expired:
+                nexts = _next_offsets(Manifest(expired, deleted_offsets=manifest.deleted_offsets))
+                manifest.segments = manifest.segments[len(expired) :]
+                manifest.deleted_through = expired[-1].id
+                manifest.deleted_offsets = {str(p): o for p, o in sorted(nexts.items())}
+                self._write_manifest(manifest)
+                self._remove_orphans(manifest)
+            return Upkeep(
+                before,
+                len(manifest.segments),
+                rows_removed=sum(s.rows for s in expired),
+                kept_untrained=kept_untrained,
+            )
+
+    # --- internals -------------------------------------------------------------------------
+    def _merge(self, run: list[Segment]) -> Segment:
+        """One file holding the rows of ``run`` (with their segment ids), as one segment."""
+        tables = [
+            pq.read_table(self.root / s.file, columns=LOG_SCHEMA.names).append_column(
+                "segment", pa.array([s.id] * s.rows, pa.int64())
+            )
+            for s in run
+            if s.file
+        ]
+        last = run[-1]
+        file = None
+        if tables:
+            file = self._file_name(f"seg-{run[0].first:08d}-{last.id:08d}.parquet", last.created_s)
+            table = pa.concat_tables(tables)
+            _write_durably(self.root / file, lambda tmp: pq.write_table(table, tmp))
+        spans: dict[str, list[int]] = {}
+        for s in run:
+            for p, (first, end) in s.offsets.items():
+                low, high = spans.get(p, [first, end])
+                spans[p] = [min(low, first), max(high, end)]
+        times = [t for s in run for t in (s.min_ts, s.max_ts) if t is not None]
+        return Segment(
+            id=last.id,
+            file=file,
+            rows=sum(s.rows for s in run),
+            offsets=dict(sorted(spans.items(), key=lambda kv: int(kv[0]))),
+            min_ts=min(times) if times else None,
+            max_ts=max(times) if times else None,
+            created_s=last.created_s,
+            first_id=run[0].first,
+        )
+
+    def _file_name(self, name: str, created_s: float) -> str:
+        folder = time.strftime(LAYOUTS[self.layout], time.gmtime(created_s))
+        return f"{folder}/{name}" if folder else name
+
+    def _remove_orphans(self, manifest: Manifest) -> None:
+        """Delete segment and temporary files no manifest names (a crashed write, merged or
+        expired segments), then empty time directories. Called with the lock held."""
+        named = {s.file for s in manifest.segments if s.file}
+        for path in self.root.rglob("*"):
+            name = path.name
+            orphan = name.startswith("seg-") and name.endswith(".parquet")
+            if path.is_file() and (
+                (orphan and str(path.relative_to(self.root)) not in named)
+                or (name.startswith(".") and name.endswith(".tmp"))
+            ):
+                path.unlink()
+        for folder in sorted(self.root.rglob("date=*"), key=lambda p: -len(p.parts)):
+            if folder.is_dir() and not any(folder.iterdir()):
+                folder.rmdir()
+
     def _write_manifest(self, manifest: Manifest) -> None:
         body = {
-            "segments": [asdict(s) for s in manifest.segments],
+            "segments": [_segment_json(s) for s in manifest.segments],
             "trained_through": manifest.trained_through,
+            "deleted_through": manifest.deleted_through,
+            "deleted_offsets": manifest.deleted_offsets,
         }
         _write_durably(self.root / MANIFEST, lambda tmp: Path(tmp).write_text(json.dumps(body)))
 
@@ -172,8 +378,31 @@ class InteractionLog:
                 fcntl.flock(lock, fcntl.LOCK_UN)
 
 
+def _segment_json(segment: Segment) -> dict:
+    body = asdict(segment)
+    if body["first_id"] is None:
+        del body["first_id"]
+    return body
+
+
+def _runs(manifest: Manifest, target_rows: int) -> Iterator[list[Segment]]:
+    """Consecutive trained segments, grouped greedily up to ``target_rows`` rows each."""
+    run: list[Segment] = []
+    rows = 0
+    for s in manifest.segments:
+        if s.id > manifest.trained_through:
+            break
+        if run and rows + s.rows > target_rows:
+            yield run
+            run, rows = [], 0
+        run.append(s)
+        rows += s.rows
+    if run:
+        yield run
+
+
 def _next_offsets(manifest: Manifest) -> dict[int, int]:
-    nexts: dict[int, int] = {}
+    nexts = {int(p): o for p, o in manifest.deleted_offsets.items()}
     for segment in manifest.segments:
         for partition, (_, last) in segment.offsets.items():
             nexts[int(partition)] = max(nexts.get(int(partition), 0), last + 1)
@@ -201,6 +430,7 @@ def _without_logged(
 
 def _write_durably(path: Path, write) -> None:
     """Write via a temporary name, fsync, rename over ``path``, fsync the directory."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     write(str(tmp))
     with open(tmp, "rb") as handle:

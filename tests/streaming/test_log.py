@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import pyarrow as pa
 import pytest
@@ -11,6 +12,11 @@ from streaming.events import LOG_SCHEMA
 from streaming.log import MANIFEST, InteractionLog, LogError, Manifest
 
 TS = 1_650_000_000_000
+
+
+def day(segment) -> str:
+    """The directory of a segment's ingestion day (UTC)."""
+    return time.strftime("date=%Y-%m-%d", time.gmtime(segment.created_s))
 
 
 def batch(partition: int, offsets: range, users: str = "u") -> pa.Table:
@@ -44,7 +50,7 @@ def test_append_then_read_round_trips_rows_and_records_the_segment(tmp_path):
     events = pa.concat_tables([batch(0, range(0, 3)), batch(2, range(10, 12))])
     segment = log.append(events, {0: (0, 2), 2: (10, 11)})
     assert segment.id == 1
-    assert segment.file == "seg-00000001.parquet"
+    assert segment.file == f"{day(segment)}/seg-00000001.parquet"  # a directory per UTC day
     assert segment.rows == 5
     assert segment.offsets == {"0": [0, 2], "2": [10, 11]}
     assert (segment.min_ts, segment.max_ts) == (TS, TS + 11)
@@ -98,7 +104,7 @@ def test_overlapping_append_is_refused_and_leaves_the_log_unchanged(tmp_path, fi
     ):
         log.append(batch(0, range(first, 8)), {0: (first, 7)})
     assert (tmp_path / "log" / MANIFEST).read_text() == before
-    assert sorted(p.name for p in (tmp_path / "log").glob("seg-*")) == ["seg-00000001.parquet"]
+    assert sorted(p.name for p in (tmp_path / "log").rglob("seg-*")) == ["seg-00000001.parquet"]
     assert log.read().num_rows == 5
 
 
@@ -135,7 +141,7 @@ def test_all_rejected_batch_records_its_offsets_without_a_file(tmp_path):
     assert segment.rows == 0
     assert (segment.min_ts, segment.max_ts) == (None, None)
     assert log.next_offsets() == {0: 7, 3: 1}
-    assert sorted(p.name for p in (tmp_path / "log").glob("seg-*")) == ["seg-00000001.parquet"]
+    assert sorted(p.name for p in (tmp_path / "log").rglob("seg-*")) == ["seg-00000001.parquet"]
     assert log.read().num_rows == 2
     assert log.read(after=1).num_rows == 0
 
@@ -170,7 +176,7 @@ def test_orphans_of_a_crashed_append_are_ignored_and_overwritten(tmp_path):
     assert log.next_offsets() == {0: 2}
 
     segment = log.append(batch(0, range(2, 4)), {0: (2, 3)})
-    assert segment.file == "seg-00000002.parquet"
+    assert segment.file == f"{day(segment)}/seg-00000002.parquet"
     assert log.read().column("offset").to_pylist() == [0, 1, 2, 3]
     assert not (root / ".seg-00000002.parquet.tmp").exists()
 
