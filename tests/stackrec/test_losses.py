@@ -11,6 +11,7 @@ def small_tiles(monkeypatch):
     """Tiles that do not divide the sizes, so ragged edges are exercised."""
     monkeypatch.setattr(losses, "ROWS_PER_TILE", 7)
     monkeypatch.setattr(losses, "ITEMS_PER_TILE", 5)
+    monkeypatch.setattr(losses, "TILED_ABOVE", 0)
 
 
 def inputs(dtype=torch.float32):
