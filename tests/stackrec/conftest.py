@@ -11,6 +11,10 @@ import torch
 from stackrec.nextitnet import NextItNet, NextItNetConfig
 from stackrec.sasrec import SASRec, SASRecConfig
 
+# The models here are tiny: a second intra-op thread buys nothing, and on a shared two-core
+# machine its barrier waits made these tests ten times slower.
+torch.set_num_threads(1)
+
 MODELS = {
     "nextitnet": (NextItNet, NextItNetConfig),
     "sasrec": (SASRec, SASRecConfig),
