@@ -8,11 +8,16 @@ serves now ranks every user's latest item, night after night, on one growing yar
 targets are events the model has trained on, so it is a regression check of the serving
 model, not an unbiased estimate of future quality (prequential is that).
 
+``log_upkeep``: compacts small segments the serving model has trained on into larger files
+and, when ``max_age_days`` is given, deletes trained segments older than that (never one that
+training has not read; their offsets stay covered, so nothing is ingested twice).
+
 Files only (registry and log): no network edge, so no retries; a failure is a bug or bad data.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -108,3 +113,18 @@ def save_result(settings: Settings, result: dict[str, Any]) -> Path:
     path = out / f"v{result['version']:06d}-{int(result['evaluated_s'])}.json"
     path.write_text(json.dumps(result, indent=2))
     return path
+
+
+@flow(name="log-upkeep")
+def log_upkeep(
+    overrides: dict[str, Any] | None = None,
+    target_rows: int = 200_000,
+    max_age_days: float | None = None,
+) -> dict[str, Any]:
+    """Compact the interaction log, then apply retention if asked; returns what changed."""
+    settings = Settings.load(**(overrides or {}))
+    log = InteractionLog(settings.log_dir)
+    result = {"compaction": dataclasses.asdict(log.compact(target_rows=target_rows))}
+    if max_age_days is not None:
+        result["retention"] = dataclasses.asdict(log.retain(max_age_days * 86_400))
+    return result

@@ -149,3 +149,31 @@ def test_full_evaluation_before_any_version_is_a_noop(home, prefect_harness):
     result = full_evaluation(overrides={"home": str(home), "model": "empty"})
     assert result == {"model": "empty", "outcome": "noop", "reason": "no serving version yet"}
     assert not (home / "evaluations").exists()
+
+
+def test_log_upkeep_compacts_trained_segments_and_keeps_untrained_ones(tmp_path, monkeypatch):
+    from flows.maintenance import log_upkeep
+    from flows.settings import Settings
+    from streaming.events import LOG_SCHEMA
+    from streaming.log import InteractionLog
+
+    monkeypatch.setenv("STACKREC_HOME", str(tmp_path))
+    log = InteractionLog(Settings.load().log_dir)
+    for offset in range(5):
+        row = {
+            "user_id": ["u"],
+            "item_id": [f"i{offset}"],
+            "ts": [1_700_000_000_000 + offset],
+            "event_type": [None],
+            "weight": [None],
+            "partition": [0],
+            "offset": [offset],
+        }
+        log.append(pa.table(row, schema=LOG_SCHEMA), {0: (offset, offset)})
+    log.mark_trained(4)
+    result = log_upkeep.fn(None, target_rows=100)
+    assert result["compaction"]["segments_before"] == 5
+    assert result["compaction"]["segments_after"] == 2  # four trained merged, one untrained kept
+    assert log.read().column("item_id").to_pylist() == [f"i{o}" for o in range(5)]
+    assert log.next_offsets() == {0: 5}
+    assert "log-upkeep" in deployments()
