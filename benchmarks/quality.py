@@ -16,10 +16,17 @@ RecBole lives in its own virtualenv, outside the repository (its pins clash with
 RecBole switches on ``torch.autograd.set_detect_anomaly(True)`` when imported, which slows its
 training several times; the worker switches it off again, so the comparison is fair to it.
 
-Run (one benchmark at a time; two multi-threaded jobs on two cores slow each other down):
+Run (one benchmark at a time; two multi-threaded jobs on two cores slow each other down, and
+on a machine others are using, ``OMP_NUM_THREADS=1`` was several times faster than two threads):
 
     nice -n 10 .venv/bin/python benchmarks/quality.py --datasets ml-100k --epochs 20
-    nice -n 10 .venv/bin/python benchmarks/quality.py --datasets beauty --models sasrec --epochs 30
+    nice -n 10 .venv/bin/python benchmarks/quality.py --datasets beauty --models sasrec \
+        --epochs 200 --patience 10 --dropout 0.5
+
+An "epoch" is one pass over the training targets on both sides. RecBole feeds every prefix as
+its own sequence (one target, one forward pass each); we feed each history once, cut into
+windows of ``max_len`` with a loss at every position, so an epoch costs us far fewer forward
+passes. ``--windows-per-step`` sets our batch size (RecBole's is 128 sequences).
 
 It prints one JSON document and a Markdown table, and writes both under benchmarks/results/.
 """
