@@ -74,7 +74,7 @@ def rank_rows(
     if exclude is not None:
         scores.scatter_(1, exclude, float("-inf"))
         scores.scatter_(1, targets[:, None], target_scores)
-    return (scores >= target_scores).sum(1)
+    return (scores[:, 1:] >= target_scores).sum(1)  # padding never counts, even as a tie
 
 
 @dataclass(frozen=True)

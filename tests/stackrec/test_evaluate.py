@@ -84,3 +84,9 @@ def test_popularity_sampling_never_draws_items_without_counts(build, batch):
 def test_unknown_protocol_is_refused():
     with pytest.raises(ValueError, match="'sampled50'"):
         Protocol("sampled50")
+
+
+def test_nan_scores_rank_last():
+    scores = torch.tensor([[0.0, float("nan"), 1.0, float("nan")]])
+    assert rank_rows(scores, torch.tensor([1])).tolist() == [3]
+    assert rank_rows(scores, torch.tensor([2])).tolist() == [1]
