@@ -106,10 +106,14 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="a small run (< 3 minutes)")
     parser.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=list(DATASETS))
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    parser.add_argument("--steps", type=int, help="fine-tuning steps per cycle, (a) and (b)")
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--name", help="result file stem (default: continual[-quick])")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     scale = QUICK if args.quick else FULL
+    if args.steps is not None:
+        scale = replace(scale, train_steps=args.steps)
     began = time.perf_counter()
     result = {
         "command": " ".join(["benchmarks/continual.py", *sys.argv[1:]]),
@@ -129,7 +133,7 @@ def main() -> None:
     result["goals"] = goals(result)
     result["wall_s"] = round(time.perf_counter() - began, 1)
     args.out.mkdir(parents=True, exist_ok=True)
-    name = "continual-quick" if args.quick else "continual"
+    name = args.name or ("continual-quick" if args.quick else "continual")
     (args.out / f"{name}.json").write_text(json.dumps(result, indent=2))
     plot(result, args.out / f"{name}.png")
     print(json.dumps(result, indent=2))
@@ -321,10 +325,7 @@ def summarise(windows: list[dict], warm: dict, scale: Scale) -> dict:
     a = np.mean([w["a"]["ndcg@10"] for w in measured]) if measured else math.nan
     c = np.mean([w["c"]["ndcg@10"] for w in measured]) if measured else math.nan
     later = windows[len(windows) // 2 :]
-    early0 = windows[0]["a"]["early_slice_ndcg@10"]
-    drops = (
-        [(early0 - w["a"]["early_slice_ndcg@10"]) / early0 for w in windows[1:]] if early0 else []
-    )
+    drops = forgetting(windows, "a")
     targets = {k: warm["targets"] + sum(w[k]["train_targets"] for w in windows) for k in "ab"}
     seconds = {k: warm["seconds"] + sum(w[k]["train_s"] for w in windows) for k in "ab"}
     c_targets_all = warm["targets"] + sum(w["c"]["train_targets"] for w in windows)
@@ -356,11 +357,23 @@ def summarise(windows: list[dict], warm: dict, scale: Scale) -> dict:
             ),
         },
         "forgetting_early_slice_max": max(drops) if drops else None,
+        "forgetting_early_slice_max_b": max(forgetting(windows, "b"), default=None),
         "new_items_recommended_min": min(recommended) if recommended else None,
         "depths_a": [w["a"]["depth"] for w in windows],
         "rejected": {k: sum(not w[k]["promoted"] for w in windows) for k in "ab"},
         "cycle_wall_s_mean": float(np.mean([w["a"]["wall_s"] for w in windows])),
     }
+
+
+def forgetting(windows: list[dict], arm: str) -> list[float]:
+    """Relative NDCG@10 drop on the early slice after each later window, against the score
+    right after the arm learned it (its first promoted cycle: a rejected one learned nothing)."""
+    learned = next((i for i, w in enumerate(windows) if w[arm]["promoted"]), None)
+    if learned is None:
+        return []
+    base = windows[learned][arm]["early_slice_ndcg@10"]
+    later = windows[learned + 1 :]
+    return [(base - w[arm]["early_slice_ndcg@10"]) / base for w in later] if base else []
 
 
 # --- one 10,000-event cycle by stage --------------------------------------------------------
