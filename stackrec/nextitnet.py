@@ -22,6 +22,9 @@ from stackrec.stacking import growth_event, plan_blocks, transfer_weights
 DILATION_CYCLE = (1, 4)  # dilation of each block's first conv; its second conv uses twice that
 
 
+INIT_STD = 0.02  # item tables (and positions); dim**-0.5 learned half as much per epoch
+
+
 @dataclass(frozen=True)
 class NextItNetConfig:
     n_items: int  # rows of the item tables, padding row 0 included (= len(vocabulary))
@@ -101,7 +104,7 @@ class NextItNet(nn.Module):
 
     def _init_items(self, weight: torch.Tensor, start: int) -> None:
         with torch.no_grad():
-            nn.init.normal_(weight[start:], std=self.config.dim**-0.5)
+            nn.init.normal_(weight[start:], std=INIT_STD)
             weight[0].zero_()
 
     @property

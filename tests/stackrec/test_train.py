@@ -42,7 +42,7 @@ def test_sampled_softmax_learns_too(build):
     config = TrainConfig(lr=1e-2, batch_size=16, loss="sampled", n_negatives=8)
     Trainer(model, config, device="cpu").fit(windows, epochs=15)
     ranks = rank_targets(model, windows[:, :-1], windows[:, -1])
-    assert next_item_metrics(ranks, ks=(1,))["hr@1"] > 0.8
+    assert next_item_metrics(ranks, ks=(1,))["hr@1"] > 0.5  # chance: 1/29
 
 
 def losses_of(trainer: Trainer, windows: torch.Tensor, **fit) -> list[float]:
