@@ -287,8 +287,10 @@ def publish_version(
 
 @task(**_LOCAL)
 def promote(settings: Settings, version: int, through: int) -> None:
-    settings.registry().promote(version)
+    registry = settings.registry()
+    registry.promote(version)
     InteractionLog(settings.log_dir).mark_trained(through)
+    metrics.REGISTRY_VERSIONS.labels(settings.model).set(len(registry.versions()))
 
 
 # --- helpers ------------------------------------------------------------------------------
