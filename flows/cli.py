@@ -223,7 +223,7 @@ def demo(
     fmt: Annotated[str, typer.Option("--format")] = "auto",
     events: Annotated[int, typer.Option(min=100, help="events to replay")] = 20_000,
     cycles: Annotated[int, typer.Option(min=1, help="continual cycles")] = 4,
-    steps: Annotated[int, typer.Option(min=0, help="fine-tuning steps per cycle")] = 150,
+    steps: Annotated[int, typer.Option(min=0, help="fine-tuning steps per cycle")] = 100,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Bring the stack up, stream events in, run cycles, read a recommendation back."""
