@@ -67,17 +67,19 @@ class ConfluentSource:
             )
         except KafkaException as error:
             raise self._failed(error) from None
-        if any(m.error() is not None for m in messages):
-            for m in messages:
-                if m.error() is not None and m.error().code() != KafkaError._PARTITION_EOF:
+        failed = [m for m in messages if m.error() is not None]
+        if failed:
+            for m in failed:
+                if m.error().code() != KafkaError._PARTITION_EOF:
                     raise self._failed(m.error())
             messages = [m for m in messages if m.error() is None]
         return Block(
             [m.partition() for m in messages],
             [m.offset() for m in messages],
-            [m.key() for m in messages],
             [m.value() for m in messages],
-            [m.headers() for m in messages],
+            messages,
+            _key,
+            _headers,
         )
 
     def assigned(self) -> set[int]:
@@ -101,18 +103,16 @@ class ConfluentSource:
                 raise CommitRejected(f"commit refused during a rebalance: {error}") from None
             raise self._failed(error) from None
 
-    def lag(self) -> int:
-        """Messages behind the end of the topic; Tansu's end offsets can be short: clamp at 0."""
+    def lag(self, logged: dict[int, int]) -> int:
+        """From the high watermarks librdkafka cached from fetches (no request), else asked;
+        Tansu's can be short by the last batch, so each partition's lag is clamped at 0."""
         try:
-            metadata = self._consumer.list_topics(self.topic, timeout=10)
-            ids = sorted(metadata.topics[self.topic].partitions)
-            committed = self._consumer.committed(
-                [TopicPartition(self.topic, p) for p in ids], timeout=10
-            )
             total = 0
-            for tp in committed:
-                _, end = self._consumer.get_watermark_offsets(tp, timeout=10)
-                total += max(0, end - max(tp.offset, 0))
+            for tp in self._consumer.assignment():
+                _, end = self._consumer.get_watermark_offsets(tp, cached=True)
+                if end < 0:
+                    _, end = self._consumer.get_watermark_offsets(tp, timeout=10)
+                total += max(0, end - logged.get(tp.partition, 0))
             return total
         except KafkaException as error:
             raise self._failed(error) from None
@@ -122,3 +122,11 @@ class ConfluentSource:
 
     def _failed(self, error: object) -> BrokerUnavailable:
         return BrokerUnavailable(f"Kafka at {self.bootstrap} failed mid-batch: {error}")
+
+
+def _key(message) -> bytes | None:
+    return message.key()
+
+
+def _headers(message) -> list[tuple[str, bytes]] | None:
+    return message.headers()

@@ -22,9 +22,11 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from types import TracebackType
 
+import numpy as np
 import pyarrow as pa
 
 from monitoring import metrics
@@ -36,7 +38,7 @@ from streaming.kafka_config import KafkaConfig
 from streaming.log import InteractionLog
 from streaming.source import CLIENTS, Block, CommitRejected, Source
 from streaming.topics import require_broker
-from streaming.validation import validate_block
+from streaming.validation import Validated, validate_block
 
 DUPLICATE = Rejection("duplicate", "same user_id, item_id and ts as an event logged recently")
 
@@ -52,7 +54,8 @@ class ConsumerConfig:
     max_poll_interval_ms: int = 300_000  # also the rebalance timeout
     client: str = "kafka-python"  # or "confluent" (optional extra, several times faster)
     duplicates: str = "keep"  # keep | drop | dead-letter: see streaming.duplicates
-    duplicate_lookback_batches: int = 4  # recent batches a duplicate is looked for in
+    duplicate_lookback_batches: int = 2  # recent batches a duplicate is looked for in
+    fast_validation: bool = True  # pyarrow.json over plain messages (same verdicts, faster)
 
     def __post_init__(self) -> None:
         if self.client not in CLIENTS:
@@ -94,19 +97,39 @@ class Ingestor:
         self._source: Source | None = None
         self._dead_letters = DeadLetterSender(kafka, config.topic)
         self._recent = RecentKeys(config.duplicate_lookback_batches)
+        self._carry = Block()  # polled while joining, not handled yet
+        self._pool: ThreadPoolExecutor | None = None  # validates chunks while the next is polled
+
+    def join(self, timeout_s: float = 30.0) -> set[int]:
+        """Join the group and wait (at most ``timeout_s``) for partitions; returns them.
+
+        A service's readiness check, and a benchmark's clean start. Messages polled while
+        waiting are kept for the next batch."""
+        try:
+            source = self._open()
+            deadline = time.monotonic() + timeout_s
+            while not source.assigned() and time.monotonic() < deadline:
+                room = self.config.max_events - len(self._carry)
+                if room <= 0:
+                    break
+                self._carry.extend(source.poll(room, 0.1))
+            return source.assigned()
+        except BaseException:
+            self.close()
+            raise
 
     def batch(self) -> IngestResult:
         """Consume one bounded batch into the log and commit it; see the module docstring."""
         started = time.perf_counter()
         try:
             source = self._open()
-            block = self._poll(source)
+            batch = self._poll(source)
             polled = time.perf_counter()
-            result = self._log(block)
+            result = self._log(batch)
             logged = time.perf_counter()
             result.committed = self._commit(source)
             fault_point("after_commit")
-            result.lag = source.lag()
+            result.lag = source.lag(self.log.next_offsets())
         except BaseException:
             self.close()  # the next batch rejoins and restarts from the log
             raise
@@ -123,7 +146,11 @@ class Ingestor:
                 self._source.close()
         finally:
             self._source = None
+            self._carry = Block()
             self._dead_letters.close()
+            if self._pool is not None:
+                self._pool.shutdown(wait=True)
+                self._pool = None
 
     def __enter__(self) -> Ingestor:
         return self
@@ -141,79 +168,85 @@ class Ingestor:
         if self._source is None:
             require_broker(self.kafka)
             self._recent = RecentKeys(self.config.duplicate_lookback_batches)
-            for keys in self._recent_keys_in_log():
-                self._recent.remember(keys)
+            for recent in self._recent_in_log():
+                self._recent.remember(keys_of(recent), recent.column("ts"))
             self._source = open_source(self.kafka, self.config, self._starts)
         return self._source
 
-    def _recent_keys_in_log(self) -> list[list]:
-        """Keys of the last segments, so duplicate detection survives a restart."""
+    def _recent_in_log(self) -> list[pa.Table]:
+        """The last segments' keys, so duplicate detection survives a restart."""
         lookback = self.config.duplicate_lookback_batches
         segments = (
             [s for s in self.log.manifest().segments if s.file][-lookback:] if lookback else []
         )
         columns = ["user_id", "item_id", "ts"]
-        return [keys_of(self.log.read(s.id - 1, s.id, columns)) for s in segments]
+        return [self.log.read(s.id - 1, s.id, columns) for s in segments]
 
     def _starts(self, partitions: list[int]) -> dict[int, int]:
         """Where newly assigned partitions start: where the log ends."""
         logged = self.log.next_offsets()
         return {p: logged[p] for p in partitions if p in logged}
 
-    def _poll(self, source: Source) -> Block:
+    def _poll(self, source: Source) -> _Polled:
         """One bounded batch; the max-wait clock starts once the group has assigned us
-        partitions (a join takes seconds on Tansu, and must not eat the batch's time)."""
+        partitions (a join takes seconds on Tansu, and must not eat the batch's time). Each
+        polled chunk is validated on a worker thread while the next one is polled."""
         config = self.config
-        block = Block()
+        polled = _Polled(self.log.next_offsets())
+        polled.take(self._carry, self._validate)
+        self._carry = Block()
         join_deadline = time.monotonic() + 3 * config.session_timeout_ms / 1000
         while not source.assigned() and time.monotonic() < join_deadline:
-            block.extend(source.poll(config.max_events, 0.1))
+            polled.take(source.poll(config.max_events, 0.1), self._validate)
         deadline = time.monotonic() + config.max_wait_s
-        while len(block) < config.max_events and time.monotonic() < deadline:
+        while polled.read < config.max_events and time.monotonic() < deadline:
             wait_s = min(config.idle_poll_ms / 1000, max(0.001, deadline - time.monotonic()))
-            fresh = source.poll(config.max_events - len(block), wait_s)
-            if not fresh and block:
+            fresh = source.poll(config.max_events - polled.read, wait_s)
+            if not fresh and polled.read:
                 break  # caught up
-            block.extend(fresh)
-            if block:
+            polled.take(fresh, self._validate)
+            if polled.read:
                 fault_point("mid_poll")
-        return block
+        return polled
 
-    def _log(self, block: Block) -> IngestResult:
-        result = IngestResult(read=len(block))
-        logged_next = self.log.next_offsets()
-        fresh_rows = [
-            i
-            for i, (p, o) in enumerate(zip(block.partitions, block.offsets, strict=True))
-            if o >= logged_next.get(p, 0)
-        ]
-        if len(fresh_rows) < len(block):
-            block = block.take(fresh_rows)
-        result.skipped = result.read - len(block)
+    def _validate(self, values: list[bytes | None]) -> Future:
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(1, thread_name_prefix="stackrec-validate")
+        return self._pool.submit(validate_block, values, None, self.config.fast_validation)
+
+    def _log(self, polled: _Polled) -> IngestResult:
+        block = polled.block
+        result = IngestResult(read=polled.read, skipped=polled.read - len(block))
         if not block:
             return result
-        checked = validate_block(block.values)
-        rejected = list(checked.rejected)
+        checked = polled.validated()
+        rejected = checked.rejected
         events, rows = checked.events, checked.rows
+        partitions = np.asarray(block.partitions, dtype=np.int64)
+        offsets = np.asarray(block.offsets, dtype=np.int64)
         keys = keys_of(events)
-        repeats = self._recent.repeats(keys)
+        repeats = self._recent.repeats(keys, events.column("ts"))
         result.duplicates = len(repeats)
-        if repeats and self.config.duplicates != "keep":
-            drop = set(repeats)
-            kept = [i for i in range(len(rows)) if i not in drop]
+        if len(repeats) and self.config.duplicates != "keep":
+            kept = np.ones(len(rows), dtype=bool)
+            kept[repeats] = False
             if self.config.duplicates == "dead-letter":
-                rejected += [(rows[i], DUPLICATE) for i in repeats]
-                rejected.sort(key=lambda pair: pair[0])
-            events, rows = events.take(kept), [rows[i] for i in kept]
-            keys = [keys[i] for i in kept]
+                rejected = sorted(
+                    [*rejected, *((int(rows[i]), DUPLICATE) for i in repeats)],
+                    key=lambda pair: pair[0],
+                )
+            events, rows, keys = events.filter(kept), rows[kept], keys.filter(pa.array(kept))
         self._dead_letter(block, rejected)
-        ranges = _offset_ranges(block)
+        ranges = {
+            int(p): (int(offsets[partitions == p].min()), int(offsets[partitions == p].max()))
+            for p in np.unique(partitions)
+        }
         table = events.append_column(
-            "partition", pa.array([block.partitions[i] for i in rows], pa.int32())
-        ).append_column("offset", pa.array([block.offsets[i] for i in rows], pa.int64()))
+            "partition", pa.array(partitions[rows], pa.int32())
+        ).append_column("offset", pa.array(offsets[rows], pa.int64()))
         segment = self.log.append(table, ranges, skip_logged=True)
         fault_point("after_manifest")
-        self._recent.remember(keys)
+        self._recent.remember(keys, table.column("ts"))
         result.logged = segment.rows if segment else 0
         result.skipped += table.num_rows - result.logged
         result.segment = segment.id if segment else None
@@ -229,12 +262,12 @@ class Ingestor:
             return
         for row, rejection in rejected:
             self._dead_letters.send(
-                block.keys[row],
+                block.key(row),
                 block.values[row],
                 block.partitions[row],
                 block.offsets[row],
                 rejection,
-                block.headers[row],
+                block.headers(row),
             )
         self._dead_letters.flush()
         fault_point("after_dead_letter")
@@ -251,6 +284,43 @@ class Ingestor:
             metrics.COMMITS_REJECTED.labels(self.config.topic).inc()
             return {}
         return offsets
+
+
+class _Polled:
+    """A batch as polled: the fresh messages (offsets the log does not hold) and, per chunk,
+    the pending validation of its values."""
+
+    def __init__(self, logged_next: dict[int, int]) -> None:
+        self.logged_next = logged_next
+        self.block = Block()
+        self.read = 0
+        self.checks: list[tuple[int, Future]] = []  # (row of the chunk's first message, result)
+
+    def take(self, chunk: Block, validate: Callable[[list], Future]) -> None:
+        self.read += len(chunk)
+        if not chunk:
+            return
+        partitions = np.asarray(chunk.partitions, dtype=np.int64)
+        offsets = np.asarray(chunk.offsets, dtype=np.int64)
+        stale = np.zeros(len(chunk), dtype=bool)
+        for partition, next_offset in self.logged_next.items():
+            stale |= (partitions == partition) & (offsets < next_offset)
+        if stale.any():
+            chunk = chunk.take(np.flatnonzero(~stale).tolist())
+            if not chunk:
+                return
+        self.checks.append((len(self.block), validate(chunk.values)))
+        self.block.extend(chunk)
+
+    def validated(self) -> Validated:
+        """The chunks' verdicts as one, rows numbered across the whole batch."""
+        tables, rows, rejected = [], [], []
+        for base, check in self.checks:
+            part = check.result()
+            tables.append(part.events)
+            rows.append(part.rows + base)
+            rejected += [(row + base, why) for row, why in part.rejected]
+        return Validated(pa.concat_tables(tables), np.concatenate(rows), rejected)
 
 
 def ingest_batch(
@@ -281,15 +351,6 @@ def open_source(
         max_poll_interval_ms=config.max_poll_interval_ms,
         max_poll_records=min(config.max_events, 10_000),
     )
-
-
-def _offset_ranges(block: Block) -> dict[int, tuple[int, int]]:
-    """Per partition, the first and last offset of the block."""
-    ranges: dict[int, tuple[int, int]] = {}
-    for p, o in zip(block.partitions, block.offsets, strict=True):
-        first, last = ranges.get(p, (o, o))
-        ranges[p] = (min(first, o), max(last, o))
-    return ranges
 
 
 def _count(topic: str, result: IngestResult) -> None:

@@ -80,13 +80,12 @@ class KafkaPythonSource:
             )
         except KafkaError as error:
             raise self._failed(error) from None
-        block = Block()
+        block = Block(key_of=_key, headers_of=_headers)
         for tp, records in polled.items():
             block.partitions += [tp.partition] * len(records)
             block.offsets += [r.offset for r in records]
-            block.keys += [r.key for r in records]
             block.values += [r.value for r in records]
-            block.headers += [r.headers for r in records]
+            block.messages += records
         return block
 
     def assigned(self) -> set[int]:
@@ -106,24 +105,29 @@ class KafkaPythonSource:
         except KafkaError as error:
             raise self._failed(error) from None
 
-    def lag(self) -> int:
-        """Messages behind the end of the topic; Tansu's end offsets can be short: clamp at 0."""
+    def lag(self, logged: dict[int, int]) -> int:
+        """From the high watermarks the fetches brought (no request), else end offsets; Tansu's
+        can be short by the last batch, so each partition's lag is clamped at 0."""
         try:
-            ids = self._consumer.partitions_for_topic(self.topic) or ()
-            partitions = [TopicPartition(self.topic, p) for p in ids]
-            if not partitions:
-                return 0
-            ends = self._consumer.end_offsets(partitions, timeout_ms=self._timeout_ms)
-            committed = {
-                tp: self._consumer.committed(tp, timeout_ms=self._timeout_ms) or 0
-                for tp in partitions
-            }
+            assigned = list(self._consumer.assignment())
+            ends = {tp: self._consumer.highwater(tp) for tp in assigned}
+            unknown = [tp for tp, end in ends.items() if end is None]
+            if unknown:
+                ends.update(self._consumer.end_offsets(unknown, timeout_ms=self._timeout_ms))
         except KafkaError as error:
             raise self._failed(error) from None
-        return sum(max(0, ends[tp] - committed[tp]) for tp in partitions)
+        return sum(max(0, ends[tp] - logged.get(tp.partition, 0)) for tp in assigned)
 
     def close(self) -> None:
         self._consumer.close(autocommit=False, timeout_ms=self._timeout_ms)
 
     def _failed(self, error: Exception) -> BrokerUnavailable:
         return BrokerUnavailable(f"Kafka at {self.bootstrap} failed mid-batch: {error}")
+
+
+def _key(record) -> bytes | None:
+    return record.key
+
+
+def _headers(record) -> list[tuple[str, bytes]] | None:
+    return record.headers

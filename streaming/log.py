@@ -33,7 +33,7 @@ import os
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import pyarrow as pa
@@ -95,22 +95,20 @@ class InteractionLog:
             raise ValueError(f"log layout {layout!r}: expected one of {', '.join(LAYOUTS)}")
         self.root = Path(root)
         self.layout = layout
+        self._cached: tuple[bytes, Manifest] | None = None  # (manifest bytes, parsed)
 
     # --- reading ---------------------------------------------------------------------------
     def manifest(self) -> Manifest:
+        """The manifest as on disk now (parsed again only when its bytes changed)."""
         path = self.root / MANIFEST
-        if not path.exists():
-            return Manifest()
         try:
-            raw = json.loads(path.read_text())
-            return Manifest(
-                segments=[Segment(**s) for s in raw["segments"]],
-                trained_through=raw["trained_through"],
-                deleted_through=raw.get("deleted_through", 0),
-                deleted_offsets=raw.get("deleted_offsets", {}),
-            )
-        except (ValueError, KeyError, TypeError) as error:
-            raise LogError(f"unreadable log manifest {path}: {error}") from None
+            raw = path.read_bytes()
+        except FileNotFoundError:
+            return Manifest()
+        if self._cached is None or self._cached[0] != raw:
+            self._cached = (raw, _parse_manifest(path, raw))
+        manifest = self._cached[1]
+        return replace(manifest, segments=list(manifest.segments))
 
     def next_offsets(self) -> dict[int, int]:
         """Per partition, the first offset the log does not hold yet."""
@@ -220,7 +218,7 @@ class InteractionLog:
                 self._file_name(f"seg-{segment_id:08d}.parquet", now) if events.num_rows else None
             )
             if file:
-                _write_durably(self.root / file, lambda tmp: pq.write_table(events, tmp))
+                _write_durably(self.root / file, lambda tmp: _write_parquet(events, tmp))
                 fault_point("after_segment")
             ts = events.column("ts") if events.num_rows else None
             segment = Segment(
@@ -310,7 +308,7 @@ class InteractionLog:
         if tables:
             file = self._file_name(f"seg-{run[0].first:08d}-{last.id:08d}.parquet", last.created_s)
             table = pa.concat_tables(tables)
-            _write_durably(self.root / file, lambda tmp: pq.write_table(table, tmp))
+            _write_durably(self.root / file, lambda tmp: _write_parquet(table, tmp))
         spans: dict[str, list[int]] = {}
         for s in run:
             for p, (first, end) in s.offsets.items():
@@ -378,6 +376,19 @@ class InteractionLog:
                 fcntl.flock(lock, fcntl.LOCK_UN)
 
 
+def _parse_manifest(path: Path, data: bytes) -> Manifest:
+    try:
+        raw = json.loads(data)
+        return Manifest(
+            segments=[Segment(**s) for s in raw["segments"]],
+            trained_through=raw["trained_through"],
+            deleted_through=raw.get("deleted_through", 0),
+            deleted_offsets=raw.get("deleted_offsets", {}),
+        )
+    except (ValueError, KeyError, TypeError) as error:
+        raise LogError(f"unreadable log manifest {path}: {error}") from None
+
+
 def _segment_json(segment: Segment) -> dict:
     body = asdict(segment)
     if body["first_id"] is None:
@@ -426,6 +437,12 @@ def _without_logged(
         stale = pc.and_(in_partition, pc.less(events.column("offset"), first))
         keep = pc.and_(keep, pc.invert(stale))
     return events.filter(keep), ranges
+
+
+def _write_parquet(table: pa.Table, path: str) -> None:
+    """Snappy without dictionaries: ids are mostly distinct per segment, and dictionary
+    encoding them doubles the write time for a larger file."""
+    pq.write_table(table, path, use_dictionary=False)
 
 
 def _write_durably(path: Path, write) -> None:

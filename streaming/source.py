@@ -26,31 +26,41 @@ class CommitRejected(RuntimeError):
 
 @dataclass
 class Block:
-    """Messages as parallel columns (cheaper than one object per message)."""
+    """Messages as parallel columns (cheaper than one object per message). Keys and headers,
+    needed only for dead letters, are read from the client's message objects on demand."""
 
     partitions: list[int] = field(default_factory=list)
     offsets: list[int] = field(default_factory=list)
-    keys: list[bytes | None] = field(default_factory=list)
     values: list[bytes | None] = field(default_factory=list)
-    headers: list[list[tuple[str, bytes]] | None] = field(default_factory=list)
+    messages: list = field(default_factory=list)  # the client's objects, for key and headers
+    key_of: Callable[[object], bytes | None] = lambda m: None
+    headers_of: Callable[[object], list[tuple[str, bytes]] | None] = lambda m: None
 
     def __len__(self) -> int:
         return len(self.offsets)
 
+    def key(self, row: int) -> bytes | None:
+        return self.key_of(self.messages[row])
+
+    def headers(self, row: int) -> list[tuple[str, bytes]] | None:
+        return self.headers_of(self.messages[row])
+
     def extend(self, other: Block) -> None:
         self.partitions += other.partitions
         self.offsets += other.offsets
-        self.keys += other.keys
         self.values += other.values
-        self.headers += other.headers
+        self.messages += other.messages
+        if other.messages:
+            self.key_of, self.headers_of = other.key_of, other.headers_of
 
     def take(self, rows: list[int]) -> Block:
         return Block(
             [self.partitions[i] for i in rows],
             [self.offsets[i] for i in rows],
-            [self.keys[i] for i in rows],
             [self.values[i] for i in rows],
-            [self.headers[i] for i in rows],
+            [self.messages[i] for i in rows],
+            self.key_of,
+            self.headers_of,
         )
 
 
@@ -63,6 +73,8 @@ class Source(Protocol):
 
     def commit(self, offsets: dict[int, int]) -> None: ...
 
-    def lag(self) -> int: ...
+    def lag(self, logged: dict[int, int]) -> int:
+        """Messages of the assigned partitions past ``logged`` (partition -> next offset)."""
+        ...
 
     def close(self) -> None: ...
