@@ -21,6 +21,7 @@ class GateConfig:
     tolerance: float = 0.05  # relative drop allowed, e.g. 0.05 = 5 % worse still passes
     min_events: int = 50  # below this the slice is too small to judge: pass if finite
     max_loss_ratio: float = 2.0  # training loss above this x the serving model's loss: diverged
+    z: float = 2.0  # also allow this many standard errors of the difference (0: none)
 
 
 @dataclass(frozen=True)
@@ -70,19 +71,19 @@ def judge(
             score,
             baseline,
         )
-    floor = baseline * (1 - config.tolerance)
+    floor = baseline * (1 - config.tolerance) - config.z * _standard_error(baseline, n)
+    rule = f"serving {baseline:.4f} - {config.tolerance:.0%} - {config.z:g} s.e., n={n}"
     if score < floor:
         return Verdict(
-            False,
-            f"{config.metric} {score:.4f} < {floor:.4f} (serving "
-            f"{baseline:.4f} - {config.tolerance:.0%})",
-            score,
-            baseline,
+            False, f"{config.metric} {score:.4f} < {floor:.4f} ({rule})", score, baseline
         )
-    return Verdict(
-        True,
-        f"{config.metric} {score:.4f} >= {floor:.4f} (serving {baseline:.4f}"
-        f" - {config.tolerance:.0%})",
-        score,
-        baseline,
-    )
+    return Verdict(True, f"{config.metric} {score:.4f} >= {floor:.4f} ({rule})", score, baseline)
+
+
+def _standard_error(mean: float, n: int) -> float:
+    """Standard error of the difference of two means of per-event scores in [0, 1].
+
+    A [0, 1] variable with mean m has variance at most m(1 - m); two estimates on n events
+    each. Small holdouts are noisy: without this margin the gate rejects candidates on chance.
+    """
+    return math.sqrt(2 * mean * (1 - mean) / max(n, 1))

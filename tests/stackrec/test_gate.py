@@ -19,7 +19,7 @@ def test_first_model_passes_when_finite():
 
 
 def test_a_candidate_within_tolerance_passes_and_a_worse_one_is_rejected():
-    config = GateConfig(tolerance=0.05)
+    config = GateConfig(tolerance=0.05, z=0.0)
     serving = {"ndcg@10": 0.40, "n": 500}
     assert judge(model(), 3.0, {"ndcg@10": 0.381, "n": 500}, serving, config).promote
     verdict = judge(model(), 3.0, {"ndcg@10": 0.379, "n": 500}, serving, config)
@@ -50,3 +50,12 @@ def test_an_exploded_training_loss_is_rejected_even_if_ranking_survived():
     assert judge(
         model(), 9.0, {"ndcg@10": 0.9, "n": 500}, {"ndcg@10": 0.1, "n": 500}, serving_loss=5.2
     ).promote
+
+
+def test_the_noise_margin_shrinks_with_the_holdout():
+    serving = {"ndcg@10": 0.40}
+    # 2 s.e. of the difference at n=200 is about 0.098: a 0.05 drop is within noise
+    assert judge(model(), 3.0, {"ndcg@10": 0.33, "n": 200}, serving | {"n": 200}).promote
+    # at n=100,000 the margin is about 0.004: the same drop is a real regression
+    verdict = judge(model(), 3.0, {"ndcg@10": 0.33, "n": 100_000}, serving | {"n": 100_000})
+    assert not verdict.promote and "2 s.e., n=100000" in verdict.reason
