@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -30,6 +30,7 @@ import redis
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
+from streaming import resp
 from streaming.faults import fault_point
 
 FIELDS_PER_HSET = 1_000
@@ -44,6 +45,27 @@ class NotPublished(LookupError):
     """Nothing has been published under this prefix yet."""
 
 
+class _Retry(Retry):
+    """Retries lost connections, never refused credentials (retrying cannot fix those)."""
+
+    def call_with_retry(self, do, fail, is_retryable=None, with_failure_count=False):
+        def retryable(error: Exception) -> bool:
+            refused = isinstance(error, redis.AuthenticationError)
+            return not refused and (is_retryable is None or is_retryable(error))
+
+        return super().call_with_retry(do, fail, retryable, with_failure_count)
+
+
+def unavailable(config: RedisConfig, error: redis.RedisError, doing: str) -> ServingUnavailable:
+    """The one-line error for a failed Redis call: refused credentials say what to set."""
+    if isinstance(error, redis.AuthenticationError):
+        return ServingUnavailable(
+            f"{doing} {config.url} failed: Redis refused the credentials ({error}); set "
+            "STACKREC_REDIS_PASSWORD (or put it in the URL, redis://:PASSWORD@host:port/0)"
+        )
+    return ServingUnavailable(f"{doing} {config.url} failed: {error}")
+
+
 @dataclass(frozen=True)
 class RedisConfig:
     url: str = "redis://127.0.0.1:6379/0"  # rediss:// for TLS
@@ -52,12 +74,15 @@ class RedisConfig:
     version_ttl_s: int = 3600  # how long a superseded version stays readable
     retries: int = 3
 
+    def retry(self) -> Retry:
+        """Bounded retries with exponential backoff (0.2 s, 0.4 s, 0.8 s, ... at most 2 s)."""
+        return _Retry(ExponentialBackoff(cap=2.0, base=0.1), self.retries)
+
     def client(self) -> redis.Redis:
-        retry = Retry(ExponentialBackoff(cap=2.0, base=0.1), self.retries)
         kwargs = {"password": self.password} if self.password else {}
         return redis.Redis.from_url(
             self.url,
-            retry=retry,
+            retry=self.retry(),
             socket_timeout=10,
             socket_connect_timeout=3,
             retry_on_error=[redis.ConnectionError, redis.TimeoutError],
@@ -114,11 +139,11 @@ def publish(
         hashes = (
             (items, snapshot.item_ids, _as_bytes(snapshot.item_vectors)),
             (users, snapshot.user_ids, _as_bytes(snapshot.user_vectors)),
-            (recs, snapshot.user_ids, [json.dumps(r) for r in snapshot.recommendations]),
+            (recs, snapshot.user_ids, [json.dumps(r).encode() for r in snapshot.recommendations]),
         )
-        written = 0
-        for pipe, fields in _chunked_hsets(client, hashes, chunk_fields, ttl):
-            pipe.execute()
+        written, retry = 0, config.retry()
+        for commands, fields in _chunked_hsets(hashes, chunk_fields, ttl):
+            resp.execute(client, retry, commands)
             written += fields
             if on_progress:
                 on_progress(written)
@@ -139,7 +164,7 @@ def publish(
         fault_point("before_flip")
         _flip(client, config, snapshot.version)
     except redis.RedisError as error:
-        raise ServingUnavailable(f"publish of {v} to {config.url} failed: {error}") from None
+        raise unavailable(config, error, f"publish of {v} to") from None
     finally:
         client.close()
     return len(snapshot.item_ids) + 2 * len(snapshot.user_ids)
@@ -187,33 +212,33 @@ def set_current(config: RedisConfig, version: int) -> None:
     try:
         _flip(client, config, version)
     except redis.RedisError as error:
-        raise ServingUnavailable(f"Redis at {config.url} failed: {error}") from None
+        raise unavailable(config, error, "Redis at") from None
     finally:
         client.close()
 
 
-def _chunked_hsets(client: redis.Redis, hashes, chunk_fields: int, ttl: int):
-    """Pipelines of HSETs of about ``chunk_fields`` fields each, every touched key expiring."""
-    pipe, fields, touched = client.pipeline(transaction=False), 0, set()
+def _chunked_hsets(hashes, chunk_fields: int, ttl: int) -> Iterator[tuple[list[bytes], int]]:
+    """Packed HSETs of ``FIELDS_PER_HSET`` fields, grouped into round trips of about
+    ``chunk_fields`` fields, each ending with an EXPIRE of the keys it touched (so whatever a
+    failed publish leaves behind expires)."""
+    commands: list[bytes] = []
+    fields, touched = 0, set()
     for key, ids, values in hashes:
         for start in range(0, len(ids), FIELDS_PER_HSET):
-            flat = [None] * (2 * len(ids[start : start + FIELDS_PER_HSET]))
-            flat[0::2] = ids[start : start + FIELDS_PER_HSET]
-            flat[1::2] = values[start : start + FIELDS_PER_HSET]
-            pipe.execute_command("HSET", key, *flat)
+            end = start + FIELDS_PER_HSET
+            commands.append(resp.pack_hset(key, ids[start:end], values[start:end]))
             touched.add(key)
-            fields += len(flat) // 2
+            fields += len(ids[start:end])
             if fields >= chunk_fields:
-                for name in touched:
-                    pipe.expire(name, ttl)
-                yield pipe, fields
-                pipe, fields, touched = client.pipeline(transaction=False), 0, set()
+                yield [*commands, *(resp.pack("EXPIRE", k, ttl) for k in sorted(touched))], fields
+                commands, fields, touched = [], 0, set()
     if touched:
-        for name in touched:
-            pipe.expire(name, ttl)
-        yield pipe, fields
+        yield [*commands, *(resp.pack("EXPIRE", k, ttl) for k in sorted(touched))], fields
 
 
 def _as_bytes(vectors: np.ndarray) -> list[bytes]:
     rows = np.ascontiguousarray(vectors, dtype="<f4")
-    return [row.tobytes() for row in rows]
+    blob, width = rows.tobytes(), rows.shape[1] * 4
+    if width == 0:
+        return [b""] * len(rows)
+    return [blob[i : i + width] for i in range(0, len(blob), width)]

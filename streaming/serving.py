@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import redis
 
-from streaming.redis_store import NotPublished, RedisConfig, ServingUnavailable
+from streaming.redis_store import NotPublished, RedisConfig, unavailable
 
 
 @dataclass(frozen=True)
@@ -29,7 +29,7 @@ def current_version(config: RedisConfig) -> int:
     try:
         return _current(client, config)
     except redis.RedisError as error:
-        raise ServingUnavailable(f"Redis at {config.url} failed: {error}") from None
+        raise unavailable(config, error, "Redis at") from None
     finally:
         client.close()
 
@@ -53,7 +53,7 @@ def recommend(config: RedisConfig, user_id: str, k: int = 10) -> Recommendation:
             return Recommendation(version, user_id, json.loads(popular or "[]")[:k], "popular")
         raise NotPublished(f"version keys under {config.prefix} keep disappearing")
     except redis.RedisError as error:
-        raise ServingUnavailable(f"Redis at {config.url} failed: {error}") from None
+        raise unavailable(config, error, "Redis at") from None
     finally:
         client.close()
 
@@ -76,7 +76,7 @@ def read_vectors(config: RedisConfig, kind: str = "items") -> tuple[int, dict[st
             return version, vectors
         raise NotPublished(f"version keys under {config.prefix} keep disappearing")
     except redis.RedisError as error:
-        raise ServingUnavailable(f"Redis at {config.url} failed: {error}") from None
+        raise unavailable(config, error, "Redis at") from None
     finally:
         client.close()
 
