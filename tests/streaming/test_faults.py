@@ -105,12 +105,23 @@ def run_worker(args: list[str], fault: str | None = None, timeout_s: float = 90)
     return done.returncode
 
 
-def ingest_args(bootstrap: str, topic: str, group: str, log: Path, expect: int) -> list[str]:
+def ingest_args(
+    bootstrap: str, topic: str, group: str, log: Path, expect: int, client: str = "kafka-python"
+) -> list[str]:
     return [
         "ingest",
         *("--bootstrap", bootstrap, "--topic", topic, "--group", group),
-        *("--log", str(log), "--expect", str(expect)),
+        *("--log", str(log), "--expect", str(expect), "--client", client),
     ]
+
+
+def lane_client(lane: int) -> str:
+    """The last lane uses the optional confluent client, where it is installed."""
+    try:
+        import confluent_kafka  # noqa: F401
+    except ImportError:
+        return "kafka-python"
+    return "confluent" if lane == LANES - 1 else "kafka-python"
 
 
 def committed(kafka: KafkaConfig, topic: str, group: str) -> dict[int, int]:
@@ -175,6 +186,7 @@ def kill_lane(stack, lane: int, root: Path) -> dict:
     topic, group = f"{stack.topic}-lane{lane}", f"g-{stack.topic}-lane{lane}"
     ensure_topics(stack.kafka, topic, PARTITIONS)
     log_dir = root / f"log-{lane}"
+    client = lane_client(lane)
     placed = Placed()
     placed.add(stack.kafka, topic, [message(rng, n) for n in range(150)])
     kills: list[str] = []
@@ -182,14 +194,15 @@ def kill_lane(stack, lane: int, root: Path) -> dict:
     while len(kills) < KILLS_PER_LANE and rounds < 3 * KILLS_PER_LANE:
         rounds += 1
         fault = f"{rng.choice(INGEST_POINTS)}:{rng.randint(1, 3)}"
-        args = ingest_args(stack.bootstrap, topic, group, log_dir, len(placed.values))
+        args = ingest_args(stack.bootstrap, topic, group, log_dir, len(placed.values), client)
         if run_worker(args, fault) == -9:
             kills.append(fault)
         start = len(placed.values)
         placed.add(stack.kafka, topic, [message(rng, start + n) for n in range(60)])
-    assert run_worker(ingest_args(stack.bootstrap, topic, group, log_dir, len(placed.values))) == 0
+    final = ingest_args(stack.bootstrap, topic, group, log_dir, len(placed.values), client)
+    assert run_worker(final) == 0
     counts = account(stack.kafka, topic, group, InteractionLog(log_dir), placed)
-    return {"kills": kills, **counts}
+    return {"kills": kills, "client": client, **counts}
 
 
 def test_ingest_killed_at_every_stage_loses_and_duplicates_nothing(stack, tmp_path):
