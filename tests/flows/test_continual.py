@@ -19,6 +19,7 @@ SMALL = {
     "train_steps": 20,
     "dim": 16,
     "holdout_share": 0.2,
+    "gate_tolerance": 0.5,  # tiny models are noisy; sabotage is caught by divergence
 }
 
 
