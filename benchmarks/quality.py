@@ -68,6 +68,7 @@ class Recipe:
     epochs: int = 20
     patience: int = 5
     seed: int = 0
+    hours: float | None = None  # our training-time budget (RecBole gets the same epoch count)
 
 
 # -- ours -------------------------------------------------------------------------------------
@@ -109,7 +110,7 @@ def run_ours(dataset: str, recipe: Recipe, workdir: Path) -> dict:
         model,
         windows,
         TrainConfig(lr=recipe.lr, batch_size=recipe.windows_per_step, seed=recipe.seed),
-        Schedule(epochs=recipe.epochs, patience=recipe.patience),
+        Schedule(recipe.epochs, recipe.patience, max_seconds=recipe.hours and recipe.hours * 3600),
         validate=lambda m: evaluate_held_out(m, split.valid, full, ks=KS)["ndcg@10"],
         on_epoch=lambda r: print(f"  ours {recipe.model} {r}", file=sys.stderr, flush=True),
     )
@@ -313,6 +314,8 @@ def main() -> None:
     parser.add_argument("--patience", type=int, default=5)
     parser.add_argument("--dropout", type=float, default=0.2)
     parser.add_argument("--windows-per-step", type=int, default=128, help="our batch size")
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--hours", type=float, help="stop our training after this many hours")
     parser.add_argument("--skip-recbole", action="store_true")
     parser.add_argument("--worker", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -325,8 +328,10 @@ def main() -> None:
     rows = []
     for dataset in args.datasets:
         for model in args.models:
-            recipe = Recipe(model, epochs=args.epochs, patience=args.patience, dropout=args.dropout,
-                            windows_per_step=args.windows_per_step)  # fmt: skip
+            recipe = Recipe(
+                model, epochs=args.epochs, patience=args.patience, dropout=args.dropout,
+                lr=args.lr, windows_per_step=args.windows_per_step, hours=args.hours,
+            )  # fmt: skip
             with tempfile.TemporaryDirectory() as tmp:
                 ours = run_ours(dataset, recipe, Path(tmp))
                 rows.append({"dataset": dataset, "model": model, **ours})
@@ -334,8 +339,10 @@ def main() -> None:
                     rows.append({"dataset": dataset, "model": model,
                                  **run_recbole(dataset, recipe, Path(tmp))})  # fmt: skip
             print(markdown(rows[-2:]), file=sys.stderr)
-    recipe = Recipe("*", epochs=args.epochs, patience=args.patience, dropout=args.dropout,
-                    windows_per_step=args.windows_per_step)  # fmt: skip
+    recipe = Recipe(
+        "*", epochs=args.epochs, patience=args.patience, dropout=args.dropout,
+        lr=args.lr, windows_per_step=args.windows_per_step, hours=args.hours,
+    )  # fmt: skip
     report = {
         "recipe": asdict(recipe),
         "protocol": "leave-one-out, full ranking, history masked, ties against the target",

@@ -20,8 +20,10 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
-from prefect import flow, task
+from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
+from prefect.exceptions import MissingContextError
+from prefect.logging import get_logger
 
 from flows.settings import Settings
 from monitoring import metrics
@@ -68,6 +70,7 @@ def continual_cycle(overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     report = CycleReport(model=settings.model, outcome="noop")
     clock = _StageClock(settings.model, report.stages_s)
     started = time.perf_counter()
+    restore_metrics(settings)
     try:
         ingested = ingest(settings, clock)
         report.events = _event_counts(ingested)
@@ -86,9 +89,35 @@ def continual_cycle(overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     finally:
         report.wall_s = round(time.perf_counter() - started, 3)
         metrics.CYCLE_DURATION.labels(settings.model).observe(report.wall_s)
-        if settings.pushgateway:
-            metrics.push(settings.pushgateway, job="stackrec", instance=settings.model)
+        push_metrics(settings)
     return asdict(report)
+
+
+def restore_metrics(settings: Settings) -> None:
+    """Carry the pushed totals into this run's process (see ``metrics.restore``)."""
+    if not settings.pushgateway:
+        return
+    try:
+        metrics.restore(settings.pushgateway, job="stackrec", instance=settings.model)
+    except OSError as error:
+        _warn(f"pushgateway {settings.pushgateway} unreadable ({error}); counters start at 0")
+
+
+def push_metrics(settings: Settings) -> None:
+    """Push to the gateway; an unreachable one is a warning, never a failed cycle."""
+    if not settings.pushgateway:
+        return
+    try:
+        metrics.push(settings.pushgateway, job="stackrec", instance=settings.model)
+    except OSError as error:
+        _warn(f"pushgateway {settings.pushgateway} unreachable ({error}); metrics not pushed")
+
+
+def _warn(message: str) -> None:
+    try:
+        get_run_logger().warning(message)
+    except MissingContextError:
+        get_logger("stackrec").warning(message)
 
 
 def _learn(

@@ -11,8 +11,12 @@ Pushgateway (see ``push``). The Grafana dashboard and the alert rules may use on
 
 from __future__ import annotations
 
+import urllib.request
+from collections import defaultdict
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, push_to_gateway
 from prometheus_client.exposition import generate_latest
+from prometheus_client.parser import text_string_to_metric_families
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 
@@ -195,3 +199,59 @@ def push(gateway: str, job: str, instance: str) -> None:
     deployment instead of one per run.
     """
     push_to_gateway(gateway, job=job, registry=REGISTRY, grouping_key={"instance": instance})
+
+
+def restore(gateway: str, job: str, instance: str, timeout_s: float = 5.0) -> int:
+    """Load the values last pushed under (job, instance) into ``REGISTRY``; returns how many.
+
+    Each flow run is a fresh process whose counters start at 0, and a push replaces the whole
+    group, so without this the gateway would show every counter at one run's worth forever
+    (``rate()`` sees no increase) and a failed run would drop the last success time. Restoring
+    first makes the pushed counters and histograms keep counting across runs, as one
+    long-running process's would. Setting, not adding, keeps it idempotent.
+    """
+    url = f"http://{gateway}/metrics"
+    with urllib.request.urlopen(url, timeout=timeout_s) as response:
+        text = response.read().decode()
+    ours = {collector._name: collector for collector in REGISTRY._collector_to_names}
+    histograms: dict[tuple, dict] = defaultdict(lambda: {"buckets": {}, "sum": 0.0})
+    restored = 0
+    for family in text_string_to_metric_families(text):
+        collector = ours.get(family.name)
+        if collector is None:
+            continue
+        for sample in family.samples:
+            labels = dict(sample.labels)
+            if (labels.pop("job", None), labels.pop("instance", None)) != (job, instance):
+                continue
+            suffix = sample.name[len(family.name) :]
+            if collector._type == "histogram":
+                key = (collector._name, tuple(labels.get(n, "") for n in collector._labelnames))
+                if suffix == "_bucket":
+                    histograms[key]["buckets"][float(labels["le"])] = sample.value
+                elif suffix == "_sum":
+                    histograms[key]["sum"] = sample.value
+                continue
+            if suffix in ("", "_total"):
+                _child(collector, labels)._value.set(sample.value)
+                restored += 1
+    for (name, values), state in histograms.items():
+        child = _child(ours[name], dict(zip(ours[name]._labelnames, values, strict=True)))
+        _set_histogram(child, state["buckets"], state["sum"])
+        restored += 1
+    return restored
+
+
+def _child(collector, labels: dict[str, str]):
+    names = collector._labelnames
+    return collector.labels(**{n: labels.get(n, "") for n in names}) if names else collector
+
+
+def _set_histogram(child, cumulative: dict[float, float], total: float) -> None:
+    """prometheus-client keeps per-bucket counts; the exposition shows cumulative ones."""
+    below = 0.0
+    for bound, bucket in zip(child._upper_bounds, child._buckets, strict=True):
+        count = cumulative.get(bound, below)
+        bucket.set(count - below)
+        below = count
+    child._sum.set(total)

@@ -264,8 +264,11 @@ class Schedule:
     stack_at: tuple[int, ...] = ()  # grow (double the depth) after these epochs, 1-based
     stack_operator: str = "adjacent"
     stack_mode: str = "function_preserving"
+    max_seconds: float | None = None  # stop after the epoch in which training time passes this
 
     def __post_init__(self) -> None:
+        if self.max_seconds is not None and self.max_seconds <= 0:
+            raise ValueError(f"max_seconds={self.max_seconds} must be positive")
         if self.epochs < 1:
             raise ValueError(f"epochs={self.epochs} must be at least 1")
         late = [e for e in self.stack_at if not 1 <= e < self.epochs]
@@ -336,5 +339,8 @@ def train_with_validation(
             grown = trainer.model.stack(schedule.stack_operator, schedule.stack_mode)
             trainer, waited = Trainer(grown, config, trainer.optimizer_state(), device), 0
         elif schedule.patience is not None and waited >= schedule.patience:
+            break
+        spent = sum(r.seconds for r in history)
+        if schedule.max_seconds is not None and spent >= schedule.max_seconds:
             break
     return ScheduleResult(best, best_epoch, history, best_state)

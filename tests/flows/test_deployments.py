@@ -43,13 +43,28 @@ def load_flow(entrypoint: str):
 # --- prefect.yaml -------------------------------------------------------------------------------
 def test_every_deployment_runs_a_flow_with_the_parameters_it_is_given():
     found = deployments()
-    assert {"continual-cycle", "full-evaluation"} <= set(found)
+    assert {"continual-cycle", "full-evaluation", "log-upkeep", "bootstrap", "transfer"} <= set(
+        found
+    )
     for name, deployment in found.items():
         flow = load_flow(deployment["entrypoint"])
-        accepted = set(inspect.signature(flow.fn).parameters)
-        assert set(deployment["parameters"]) <= accepted, name
+        signature = inspect.signature(flow.fn).parameters
+        assert set(deployment["parameters"]) <= set(signature), name
         assert deployment["work_pool"] == {"name": "stackrec", "work_queue_name": "default"}
-        assert deployment["schedules"] and all(s["active"] for s in deployment["schedules"])
+        if "on-demand" in deployment["tags"]:  # triggered by hand, with what is required
+            assert "schedules" not in deployment, name
+        else:  # scheduled: every required parameter has a value
+            assert deployment["schedules"] and all(s["active"] for s in deployment["schedules"])
+            required = {k for k, p in signature.items() if p.default is inspect.Parameter.empty}
+            assert required <= set(deployment["parameters"]), name
+
+
+def test_the_scenarios_run_on_demand_with_stackrecs_depth_schedule():
+    found = deployments()
+    assert found["bootstrap"]["parameters"]["schedule"] == "2,4,8"
+    assert found["transfer"]["parameters"]["mapping"] == "titles"
+    assert "source" not in found["transfer"]["parameters"]  # required when triggered
+    assert load_flow(found["transfer"]["entrypoint"]).name == "transfer"
 
 
 def test_the_cycle_runs_every_ten_minutes_one_at_a_time():

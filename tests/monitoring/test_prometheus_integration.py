@@ -258,3 +258,52 @@ def test_stackrec_up_with_monitoring_then_status_then_down(tmp_path, monkeypatch
         "prometheus: stopped",
         "pushgateway: stopped",
     ]
+
+
+# --- counters keep counting across flow runs ----------------------------------------------------
+RUN_ONCE = """
+import sys
+from monitoring import metrics
+gateway, model = sys.argv[1:]
+metrics.restore(gateway, "stackrec", model)
+metrics.CYCLES.labels(model, "published").inc()
+metrics.CYCLE_DURATION.labels(model).observe(3.0)
+metrics.push(gateway, "stackrec", model)
+"""
+
+
+def pushed(gateway: str, sample: str) -> float | None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(f"http://{gateway}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            if s.name == sample and s.labels.get("instance") == "restored":
+                return s.value
+    return None
+
+
+@pytest.mark.integration
+@needs_binaries
+def test_each_flow_run_process_adds_to_the_pushed_totals_instead_of_replacing_them(monitoring):
+    """Three processes, as three flow runs of a process worker: the gateway shows 3 cycles."""
+    import subprocess
+    import sys
+
+    gateway = f"{HOST}:{monitoring.pushgateway[1]}"
+    root = Path(__file__).resolve().parents[2]
+    for _ in range(3):
+        subprocess.run([sys.executable, "-c", RUN_ONCE, gateway, "restored"], cwd=root, check=True)
+    assert pushed(gateway, "stackrec_cycles_total") == 3
+    assert pushed(gateway, "stackrec_cycle_duration_seconds_count") == 3
+    assert pushed(gateway, "stackrec_cycle_duration_seconds_sum") == 9.0
+
+
+def test_an_unreachable_pushgateway_is_a_warning_not_a_failed_cycle(caplog):
+    from flows.cycle import push_metrics, restore_metrics
+
+    settings = Settings.load(pushgateway=f"{HOST}:{services.free_port()}")
+    restore_metrics(settings)
+    push_metrics(settings)
+    assert caplog.text.count("pushgateway") == 2
