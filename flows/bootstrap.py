@@ -26,6 +26,7 @@ from prefect.cache_policies import NO_CACHE
 from tqdm import tqdm
 
 from flows.cycle import promote, publish_version
+from flows.pushed import pushed_metrics
 from flows.settings import Settings
 from stackrec import continual
 from stackrec.checkpoint import MODELS
@@ -64,19 +65,20 @@ def bootstrap(
 ) -> dict[str, Any]:
     """A new model from the whole log, stacked on ``schedule``; registered, published, served."""
     settings = Settings.load(**(overrides or {}))
-    started = time.perf_counter()
-    config = stage_config(settings, schedule, epochs_per_stage)
-    table, through = read_whole_log(settings)
-    learner = fresh_learner(settings, config.schedule[0])
-    data = prepare(learner, table)
-    split = leave_one_out(data.train_sequences, settings.max_len)
-    result = train(settings, learner, split, config, progress)
-    report = summarise(settings, learner, split, result, "bootstrap", table)
-    version = register(settings, learner, report, through)
-    report["published"] = publish_version(settings, learner, data, version)
-    promote(settings, version, through)
-    report |= {"version": version, "outcome": "published"}
-    report["wall_s"] = round(time.perf_counter() - started, 3)
+    with pushed_metrics(settings):
+        started = time.perf_counter()
+        config = stage_config(settings, schedule, epochs_per_stage)
+        table, through = read_whole_log(settings)
+        learner = fresh_learner(settings, config.schedule[0])
+        data = prepare(learner, table)
+        split = leave_one_out(data.train_sequences, settings.max_len)
+        result = train(settings, learner, split, config, progress)
+        report = summarise(settings, learner, split, result, "bootstrap", table)
+        version = register(settings, learner, report, through)
+        report["published"] = publish_version(settings, learner, data, version)
+        promote(settings, version, through)
+        report |= {"version": version, "outcome": "published"}
+        report["wall_s"] = round(time.perf_counter() - started, 3)
     return report
 
 

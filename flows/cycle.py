@@ -20,11 +20,10 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
-from prefect import flow, get_run_logger, task
+from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
-from prefect.exceptions import MissingContextError
-from prefect.logging import get_logger
 
+from flows.pushed import push_metrics, restore_metrics
 from flows.settings import Settings
 from monitoring import metrics
 from stackrec import continual
@@ -91,33 +90,6 @@ def continual_cycle(overrides: dict[str, Any] | None = None) -> dict[str, Any]:
         metrics.CYCLE_DURATION.labels(settings.model).observe(report.wall_s)
         push_metrics(settings)
     return asdict(report)
-
-
-def restore_metrics(settings: Settings) -> None:
-    """Carry the pushed totals into this run's process (see ``metrics.restore``)."""
-    if not settings.pushgateway:
-        return
-    try:
-        metrics.restore(settings.pushgateway, job="stackrec", instance=settings.model)
-    except OSError as error:
-        _warn(f"pushgateway {settings.pushgateway} unreadable ({error}); counters start at 0")
-
-
-def push_metrics(settings: Settings) -> None:
-    """Push to the gateway; an unreachable one is a warning, never a failed cycle."""
-    if not settings.pushgateway:
-        return
-    try:
-        metrics.push(settings.pushgateway, job="stackrec", instance=settings.model)
-    except OSError as error:
-        _warn(f"pushgateway {settings.pushgateway} unreachable ({error}); metrics not pushed")
-
-
-def _warn(message: str) -> None:
-    try:
-        get_run_logger().warning(message)
-    except MissingContextError:
-        get_logger("stackrec").warning(message)
 
 
 def _learn(
@@ -320,6 +292,7 @@ def promote(settings: Settings, version: int, through: int) -> None:
     registry.promote(version)
     InteractionLog(settings.log_dir).mark_trained(through)
     metrics.REGISTRY_VERSIONS.labels(settings.model).set(len(registry.versions()))
+    metrics.PUBLISHED_VERSION.labels(settings.model).set(version)
 
 
 # --- helpers ------------------------------------------------------------------------------
@@ -395,7 +368,6 @@ def _record_model(model: str, report: CycleReport, fresh: pa.Table) -> None:
     metrics.MODEL_DEPTH.labels(model).set(report.model_shape["depth"])
     metrics.MODEL_PARAMETERS.labels(model).set(report.model_shape["parameters"])
     metrics.VOCABULARY_ITEMS.labels(model).set(report.model_shape["items"])
-    metrics.PUBLISHED_VERSION.labels(model).set(report.version or 0)
     newest_s = pc.max(fresh.column("ts")).as_py() / 1000
     metrics.FRESHNESS.labels(model).set(max(0.0, time.time() - newest_s))
 

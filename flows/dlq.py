@@ -16,6 +16,7 @@ from typing import Annotated, Any
 import typer
 
 from flows.errors import user_errors
+from flows.pushed import pushed_metrics
 from flows.settings import Settings
 from monitoring import metrics
 from streaming import deadletters
@@ -61,8 +62,9 @@ def replay(
 ) -> None:
     """Re-drive dead letters to the main topic (after a fix); each letter at most once."""
     s = _settings()
-    result = deadletters.replay(s.kafka(), s.topic, s.group_id, reason, max_replays)
-    metrics.DEAD_LETTERS_REPLAYED.labels(s.topic).inc(result.replayed)
+    with pushed_metrics(s):
+        result = deadletters.replay(s.kafka(), s.topic, s.group_id, reason, max_replays)
+        metrics.DEAD_LETTERS_REPLAYED.labels(s.topic).inc(result.replayed)
     payload = {"topic": s.topic, **result.__dict__}
     text = (
         f"replayed {result.replayed} dead letters to {s.topic}"

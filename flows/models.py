@@ -14,7 +14,9 @@ from typing import Annotated, Any
 import typer
 
 from flows.errors import user_errors
+from flows.pushed import pushed_metrics
 from flows.settings import Settings
+from monitoring import metrics
 from stackrec import continual
 from stackrec.registry import Registry
 from streaming.log import InteractionLog
@@ -41,8 +43,11 @@ def list_versions(as_json: Annotated[bool, typer.Option("--json")] = False) -> N
     current = registry.current()
     rows = [_summary(registry.meta(v), current) for v in registry.versions()]
     lines = [f"{'':2}{'version':>8} {'status':<12} {'depth':>5} {'events':>8} {'NDCG@10':>8}"]
-    lines += [f"{'*' if r['serving'] else ' ':2}{r['version']:>8} {r['status']:<12} "
-              f"{r['depth']:>5} {r['events_trained']:>8} {r['ndcg@10']:>8.4f}" for r in rows]
+    lines += [
+        f"{'*' if r['serving'] else ' ':2}{r['version']:>8} {r['status']:<12} "
+        f"{r['depth']:>5} {r['events_trained']:>8} {r['ndcg@10']:>8.4f}"
+        for r in rows
+    ]
     _print(rows, as_json, "\n".join(lines) if rows else "no versions yet: run `stackrec cycle`")
 
 
@@ -58,7 +63,9 @@ def show(version: int, as_json: Annotated[bool, typer.Option("--json")] = False)
 @user_errors
 def promote(version: int) -> None:
     """Serve ``version`` (any stored version, also a rejected one, by a human decision)."""
-    seconds = serve_version(_settings(), version)
+    s = _settings()
+    with pushed_metrics(s):
+        seconds = serve_version(s, version)
     typer.echo(f"version {version} serves now (pointer moved in {seconds * 1000:.0f} ms)")
 
 
@@ -68,8 +75,9 @@ def rollback() -> None:
     """Serve the version promoted before the current one."""
     s = _settings()
     registry = s.registry()
-    target = registry.rollback()
-    seconds = _point_redis(s, registry, target)
+    with pushed_metrics(s):
+        target = registry.rollback()
+        seconds = _point_redis(s, registry, target)
     typer.echo(f"rolled back to version {target} (Redis current moved in {seconds * 1000:.0f} ms)")
 
 
@@ -88,7 +96,9 @@ def _point_redis(s: Settings, registry: Registry, version: int) -> float:
         set_current(s.redis(), version)
     except NotPublished:
         publish(s.redis(), _snapshot(s, registry, version))
-    return time.perf_counter() - started
+    seconds = time.perf_counter() - started
+    metrics.PUBLISHED_VERSION.labels(s.model).set(version)
+    return seconds
 
 
 def _snapshot(s: Settings, registry: Registry, version: int) -> Snapshot:
@@ -97,8 +107,16 @@ def _snapshot(s: Settings, registry: Registry, version: int) -> Snapshot:
     history = InteractionLog(s.log_dir).read(through=learner.trained_through)
     data = continual.prepare(learner, history, history.schema.empty_table(), holdout_share=0.0)
     recs = continual.recommendations(learner, data, continual.CycleConfig(top_k=s.top_k))
-    return Snapshot(version, recs.item_ids, recs.item_vectors, recs.user_ids, recs.user_vectors,
-                    recs.top_k, recs.popular, meta={"model": s.model, "republished": 1})
+    return Snapshot(
+        version,
+        recs.item_ids,
+        recs.item_vectors,
+        recs.user_ids,
+        recs.user_vectors,
+        recs.top_k,
+        recs.popular,
+        meta={"model": s.model, "republished": 1},
+    )
 
 
 def _summary(meta: dict[str, Any], current: int | None) -> dict[str, Any]:
@@ -112,4 +130,3 @@ def _summary(meta: dict[str, Any], current: int | None) -> dict[str, Any]:
         "parent": meta.get("parent"),
         "reason": meta.get("reason"),
     }
-

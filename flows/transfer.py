@@ -23,7 +23,9 @@ from prefect.cache_policies import NO_CACHE
 
 from flows import bootstrap as scratch
 from flows.cycle import publish_version
+from flows.pushed import pushed_metrics
 from flows.settings import Settings
+from monitoring import metrics
 from stackrec.continual import Learner
 from stackrec.datasets import read_interactions
 from stackrec.progressive import ProgressiveConfig
@@ -63,42 +65,44 @@ def transfer(
     target is the interaction log unless ``target`` names a file.
     """
     settings = Settings.load(**(overrides or {}))
-    started = time.perf_counter()
-    config = scratch.stage_config(settings, schedule, epochs_per_stage)
-    source_table = read_interactions(source, source_format)
-    target_table, through = read_target(settings, target, target_format)
+    with pushed_metrics(settings):
+        started = time.perf_counter()
+        config = scratch.stage_config(settings, schedule, epochs_per_stage)
+        source_table = read_interactions(source, source_format)
+        target_table, through = read_target(settings, target, target_format)
 
-    pretrained = scratch.fresh_learner(settings, config.schedule[0])
-    source_data = scratch.prepare(pretrained, source_table)
-    source_split = leave_one_out(source_data.train_sequences, settings.max_len)
-    shallow = ProgressiveConfig((config.schedule[0],), source_epochs, config.operator, config.mode)
-    source_result = scratch.train(settings, pretrained, source_split, shallow, progress)
+        pretrained = scratch.fresh_learner(settings, config.schedule[0])
+        source_data = scratch.prepare(pretrained, source_table)
+        source_split = leave_one_out(source_data.train_sequences, settings.max_len)
+        first = (config.schedule[0],)
+        shallow = ProgressiveConfig(first, source_epochs, config.operator, config.mode)
+        source_result = scratch.train(settings, pretrained, source_split, shallow, progress)
 
-    items = target_table.column("item_id").unique().to_pylist()
-    item_map = map_items(pretrained, items, mapping, source, source_items, target, target_items)
-    learner = scratch.fresh_learner(settings, config.schedule[0])
-    data = scratch.prepare(learner, target_table)
-    learner.model = transplant(pretrained.model, pretrained.vocab, learner.vocab, item_map)
-    split = leave_one_out(data.train_sequences, settings.max_len)
-    result = scratch.train(settings, learner, split, config, progress)
+        items = target_table.column("item_id").unique().to_pylist()
+        item_map = map_items(pretrained, items, mapping, source, source_items, target, target_items)
+        learner = scratch.fresh_learner(settings, config.schedule[0])
+        data = scratch.prepare(learner, target_table)
+        learner.model = transplant(pretrained.model, pretrained.vocab, learner.vocab, item_map)
+        split = leave_one_out(data.train_sequences, settings.max_len)
+        result = scratch.train(settings, learner, split, config, progress)
 
-    report = scratch.summarise(settings, learner, split, result, "transfer", target_table)
-    report["source"] = {
-        "file": str(source),
-        "events": source_table.num_rows,
-        "items": len(pretrained.vocab) - 1,
-        "depth": source_result.model.depth,
-        "stages": source_result.as_dicts(),
-        "training": {"seconds": round(source_result.train_seconds, 3),
-                     "targets": source_result.targets},
-    }  # fmt: skip
-    report["mapping"] = {"how": mapping, **item_map.summary()}
-    report["target"] = str(target) if target else "log"
-    version = scratch.register(settings, learner, report, through)
-    report["published"] = publish_version(settings, learner, data, version)
-    promote_target(settings, version, through, from_log=target is None)
-    report |= {"version": version, "outcome": "published"}
-    report["wall_s"] = round(time.perf_counter() - started, 3)
+        report = scratch.summarise(settings, learner, split, result, "transfer", target_table)
+        report["source"] = {
+            "file": str(source),
+            "events": source_table.num_rows,
+            "items": len(pretrained.vocab) - 1,
+            "depth": source_result.model.depth,
+            "stages": source_result.as_dicts(),
+            "training": {"seconds": round(source_result.train_seconds, 3),
+                         "targets": source_result.targets},
+        }  # fmt: skip
+        report["mapping"] = {"how": mapping, **item_map.summary()}
+        report["target"] = str(target) if target else "log"
+        version = scratch.register(settings, learner, report, through)
+        report["published"] = publish_version(settings, learner, data, version)
+        promote_target(settings, version, through, from_log=target is None)
+        report |= {"version": version, "outcome": "published"}
+        report["wall_s"] = round(time.perf_counter() - started, 3)
     return report
 
 
@@ -142,6 +146,7 @@ def promote_target(settings: Settings, version: int, through: int, from_log: boo
         scratch.promote.fn(settings, version, through)
     else:
         settings.registry().promote(version)
+        metrics.PUBLISHED_VERSION.labels(settings.model).set(version)
 
 
 def _catalogue_beside(data: str | None, flag: str) -> Path:

@@ -8,6 +8,7 @@ from typer.testing import CliRunner
 
 from flows.cli import app, replay_table
 from flows.settings import Settings
+from monitoring import metrics
 from stackrec.synthetic import StreamConfig, generate
 from streaming.log import InteractionLog
 from streaming.serving import current_version, read_vectors
@@ -58,6 +59,8 @@ def test_gate_rejects_sabotage_then_loop_recovers_and_rolls_back(stack, prefect_
     result = CliRunner().invoke(app, ["models", "rollback"])
     assert result.exit_code == 0, result.output
     assert registry.current() == 1 and current_version(stack.redis) == 1
+    # on-call sees the rollback on the dashboard's published-version panel
+    assert metrics.PUBLISHED_VERSION.labels(settings.model)._value.get() == 1
 
 
 def test_data_volume_growth_stacks_function_preserving_in_the_loop(stack, prefect_harness):

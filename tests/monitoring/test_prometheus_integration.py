@@ -301,7 +301,7 @@ def test_each_flow_run_process_adds_to_the_pushed_totals_instead_of_replacing_th
 
 
 def test_an_unreachable_pushgateway_is_a_warning_not_a_failed_cycle(caplog):
-    from flows.cycle import push_metrics, restore_metrics
+    from flows.pushed import push_metrics, restore_metrics
 
     settings = Settings.load(pushgateway=f"{HOST}:{services.free_port()}")
     restore_metrics(settings)
