@@ -72,12 +72,14 @@ def promote(version: int) -> None:
 @app.command()
 @user_errors
 def rollback() -> None:
-    """Serve the version promoted before the current one."""
+    """Serve the version promoted before the current one (Redis first: if it fails, the
+    registry still names the version readers get)."""
     s = _settings()
     registry = s.registry()
     with pushed_metrics(s):
-        target = registry.rollback()
+        target = registry.rollback_target()
         seconds = _point_redis(s, registry, target)
+        registry.rollback()
     typer.echo(f"rolled back to version {target} (Redis current moved in {seconds * 1000:.0f} ms)")
 
 

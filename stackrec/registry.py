@@ -87,19 +87,23 @@ class Registry:
     def reject(self, version: int, reason: str) -> None:
         self._set_status(version, "rejected", reason)
 
-    def rollback(self) -> int:
-        """Serve the version promoted before the current one; returns it."""
-        history = self.history()
+    def rollback_target(self) -> int:
+        """The version a rollback would serve: the last one promoted before the current one."""
         current = self.current()
         earlier = [
             v
-            for v in history
+            for v in self.history()
             if v != current and self.meta(v)["status"] not in ("rolled_back", "rejected")
         ]
         if current is None or not earlier:
             raise RegistryError("nothing to roll back to: fewer than two promoted versions")
-        target = earlier[-1]
-        self._set_status(current, "rolled_back")
+        return earlier[-1]
+
+    def rollback(self) -> int:
+        """Serve the version promoted before the current one; returns it."""
+        target = self.rollback_target()
+        self._set_status(self.current(), "rolled_back")
+        history = self.history()
         history.append(target)
         _write_atomically(self.root / "history.json", json.dumps(history))
         _write_atomically(self.root / "CURRENT", str(target))
