@@ -45,8 +45,9 @@ COPY stackrec ./stackrec
 COPY streaming ./streaming
 COPY monitoring ./monitoring
 COPY flows ./flows
-# The other dependencies are pinned in pyproject.toml; torch==2.13.0 is already satisfied.
-RUN pip install --no-cache-dir /src
+# The other dependencies are pinned in pyproject.toml (with confluent-kafka for
+# STACKREC_KAFKA_CLIENT=confluent); torch==2.13.0 is already satisfied.
+RUN pip install --no-cache-dir "/src[kafka-fast]"
 
 # --- runtime: the virtualenv, the deployments, a non-root user ------------------------------------
 FROM python:3.11-slim

@@ -13,7 +13,7 @@ from streaming.source import Block, CommitRejected, OnAssign
 from streaming.topics import BrokerUnavailable
 
 try:
-    from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
+    from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 except ImportError:  # pragma: no cover - exercised only where the extra is missing
     Consumer = None
 
@@ -67,16 +67,17 @@ class ConfluentSource:
             )
         except KafkaException as error:
             raise self._failed(error) from None
-        failed = [m for m in messages if m.error() is not None]
-        if failed:
-            for m in failed:
-                if m.error().code() != KafkaError._PARTITION_EOF:
+        # map() over the C methods, not a comprehension: no bytecode per message, which is
+        # most of what this path adds to librdkafka's own cost (~1 us of ~5 us per event)
+        if any(map(Message.error, messages)):
+            for m in messages:
+                if m.error() is not None and m.error().code() != KafkaError._PARTITION_EOF:
                     raise self._failed(m.error())
             messages = [m for m in messages if m.error() is None]
         return Block(
-            [m.partition() for m in messages],
-            [m.offset() for m in messages],
-            [m.value() for m in messages],
+            list(map(Message.partition, messages)),
+            list(map(Message.offset, messages)),
+            list(map(Message.value, messages)),
             messages,
             _key,
             _headers,

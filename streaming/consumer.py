@@ -212,7 +212,16 @@ class Ingestor:
     def _validate(self, values: list[bytes | None]) -> Future:
         if self._pool is None:
             self._pool = ThreadPoolExecutor(1, thread_name_prefix="stackrec-validate")
-        return self._pool.submit(validate_block, values, None, self.config.fast_validation)
+        return self._pool.submit(self._check, values)
+
+    def _check(self, values: list[bytes | None]) -> _Checked:
+        """On the one worker thread, chunk after chunk in order (so each sees the earlier
+        ones): validate, then find repeats of recent events."""
+        valid = validate_block(values, None, self.config.fast_validation)
+        keys, ts = keys_of(valid.events), valid.events.column("ts")
+        repeats = self._recent.repeats(keys, ts)
+        self._recent.hold(keys, ts)
+        return _Checked(valid, repeats)
 
     def _log(self, polled: _Polled) -> IngestResult:
         block = polled.block
@@ -220,12 +229,10 @@ class Ingestor:
         if not block:
             return result
         checked = polled.validated()
-        rejected = checked.rejected
-        events, rows = checked.events, checked.rows
+        rejected, repeats = checked.valid.rejected, checked.repeats
+        events, rows = checked.valid.events, checked.valid.rows
         partitions = np.asarray(block.partitions, dtype=np.int64)
         offsets = np.asarray(block.offsets, dtype=np.int64)
-        keys = keys_of(events)
-        repeats = self._recent.repeats(keys, events.column("ts"))
         result.duplicates = len(repeats)
         if len(repeats) and self.config.duplicates != "keep":
             kept = np.ones(len(rows), dtype=bool)
@@ -235,7 +242,7 @@ class Ingestor:
                     [*rejected, *((int(rows[i]), DUPLICATE) for i in repeats)],
                     key=lambda pair: pair[0],
                 )
-            events, rows, keys = events.filter(kept), rows[kept], keys.filter(pa.array(kept))
+            events, rows = events.filter(kept), rows[kept]
         self._dead_letter(block, rejected)
         ranges = {
             int(p): (int(offsets[partitions == p].min()), int(offsets[partitions == p].max()))
@@ -246,7 +253,7 @@ class Ingestor:
         ).append_column("offset", pa.array(offsets[rows], pa.int64()))
         segment = self.log.append(table, ranges, skip_logged=True)
         fault_point("after_manifest")
-        self._recent.remember(keys, table.column("ts"))
+        self._recent.settle()
         result.logged = segment.rows if segment else 0
         result.skipped += table.num_rows - result.logged
         result.segment = segment.id if segment else None
@@ -312,15 +319,24 @@ class _Polled:
         self.checks.append((len(self.block), validate(chunk.values)))
         self.block.extend(chunk)
 
-    def validated(self) -> Validated:
+    def validated(self) -> _Checked:
         """The chunks' verdicts as one, rows numbered across the whole batch."""
-        tables, rows, rejected = [], [], []
+        tables, rows, rejected, repeats, valid_before = [], [], [], [], 0
         for base, check in self.checks:
-            part = check.result()
-            tables.append(part.events)
-            rows.append(part.rows + base)
-            rejected += [(row + base, why) for row, why in part.rejected]
-        return Validated(pa.concat_tables(tables), np.concatenate(rows), rejected)
+            part: _Checked = check.result()
+            tables.append(part.valid.events)
+            rows.append(part.valid.rows + base)
+            rejected += [(row + base, why) for row, why in part.valid.rejected]
+            repeats.append(part.repeats + valid_before)
+            valid_before += part.valid.events.num_rows
+        valid = Validated(pa.concat_tables(tables), np.concatenate(rows), rejected)
+        return _Checked(valid, np.concatenate(repeats))
+
+
+@dataclass
+class _Checked:
+    valid: Validated
+    repeats: np.ndarray  # indices into valid.events of repeats of earlier events
 
 
 def ingest_batch(

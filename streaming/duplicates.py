@@ -34,19 +34,34 @@ def keys_of(events: pa.Table) -> pa.Array:
 class RecentKeys:
     """The keys of the last ``batches`` batches, to find repeats of recent events.
 
-    Only rows no newer than the newest event remembered can repeat one, so the lookup in
-    recent keys is limited to them (in a live stream, few)."""
+    A batch arrives in chunks: each chunk is checked against the recent batches and the
+    batch's earlier chunks (``hold``), and the batch joins the recent ones once it is logged
+    (``settle``). Only rows no newer than the newest event remembered can repeat one, so the
+    lookup in recent keys is limited to them (in a live stream, few)."""
 
     def __init__(self, batches: int) -> None:
         self._batches: deque[tuple[pa.Array, int]] = deque(maxlen=max(batches, 1))
+        self._pending: list[tuple[pa.Array, int]] = []  # this batch's chunks so far
         self._enabled = batches > 0
 
     def remember(self, keys: pa.Array, ts: pa.ChunkedArray | pa.Array) -> None:
-        if self._enabled and len(keys):
-            self._batches.append((keys, pc.max(ts).as_py()))
+        """A whole batch at once (as read back from the log on a restart)."""
+        self.hold(keys, ts)
+        self.settle()
+
+    def hold(self, keys: pa.Array, ts: pa.ChunkedArray | pa.Array) -> None:
+        if len(keys):
+            self._pending.append((keys, pc.max(ts).as_py()))
+
+    def settle(self) -> None:
+        """The held chunks become one recent batch."""
+        if self._enabled and self._pending:
+            keys = pa.concat_arrays([k for k, _ in self._pending])
+            self._batches.append((keys, max(latest for _, latest in self._pending)))
+        self._pending = []
 
     def repeats(self, keys: pa.Array, ts: pa.ChunkedArray | pa.Array) -> np.ndarray:
-        """Indices of keys seen in a recent batch or earlier in ``keys``."""
+        """Indices of keys seen in a recent batch, in a held chunk, or earlier in ``keys``."""
         n = len(keys)
         if n == 0:
             return np.empty(0, np.int64)
@@ -54,12 +69,13 @@ class RecentKeys:
         _, firsts = np.unique(codes, return_index=True)
         repeated = np.ones(n, dtype=bool)
         repeated[firsts] = False
-        if self._enabled and self._batches:
-            newest = max(latest for _, latest in self._batches)
+        earlier = [*self._batches, *self._pending] if self._enabled else self._pending
+        if earlier:
+            newest = max(latest for _, latest in earlier)
             old_enough = pc.less_equal(ts, newest).to_numpy(zero_copy_only=False)
             if old_enough.any():
                 rows = np.flatnonzero(old_enough)
-                recent = pa.concat_arrays([k for k, _ in self._batches])
+                recent = pa.concat_arrays([k for k, _ in earlier])
                 seen = pc.is_in(keys.take(pa.array(rows)), value_set=recent)
                 repeated[rows] |= seen.to_numpy(zero_copy_only=False)
         return np.flatnonzero(repeated)

@@ -152,3 +152,16 @@ def test_flow_parameters_leave_secrets_in_the_environment(env):
     env(kafka_sasl_password="hunter2-kafka", redis_password="hunter2-redis", topic="t")
     overrides = _flow_overrides(Settings.load())
     assert overrides == {"topic": "t"}
+
+
+def test_the_kafka_client_and_duplicates_policy_reach_the_consumer(env):
+    env(kafka_client="confluent", duplicates="dead-letter")
+    consumer = Settings.load().consumer()
+    assert (consumer.client, consumer.duplicates) == ("confluent", "dead-letter")
+    assert Settings.load(duplicates="drop").consumer().duplicates == "drop"
+
+
+def test_an_unknown_kafka_client_names_the_variable(env):
+    env(kafka_client="librdkafka")
+    with pytest.raises(SettingsError, match=r"^STACKREC_KAFKA_CLIENT: String should match"):
+        Settings.load()
