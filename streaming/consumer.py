@@ -31,7 +31,7 @@ import pyarrow as pa
 
 from monitoring import metrics
 from streaming.deadletters import DeadLetterSender
-from streaming.duplicates import POLICIES, RecentKeys, keys_of
+from streaming.duplicates import POLICIES, RecentKeys
 from streaming.events import Rejection
 from streaming.faults import fault_point
 from streaming.kafka_config import KafkaConfig
@@ -169,7 +169,7 @@ class Ingestor:
             require_broker(self.kafka)
             self._recent = RecentKeys(self.config.duplicate_lookback_batches)
             for recent in self._recent_in_log():
-                self._recent.remember(keys_of(recent), recent.column("ts"))
+                self._recent.remember(recent)
             self._source = open_source(self.kafka, self.config, self._starts)
         return self._source
 
@@ -218,9 +218,8 @@ class Ingestor:
         """On the one worker thread, chunk after chunk in order (so each sees the earlier
         ones): validate, then find repeats of recent events."""
         valid = validate_block(values, None, self.config.fast_validation)
-        keys, ts = keys_of(valid.events), valid.events.column("ts")
-        repeats = self._recent.repeats(keys, ts)
-        self._recent.hold(keys, ts)
+        repeats = self._recent.repeats(valid.events)
+        self._recent.hold(valid.events)
         return _Checked(valid, repeats)
 
     def _log(self, polled: _Polled) -> IngestResult:

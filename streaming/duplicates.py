@@ -36,46 +36,66 @@ class RecentKeys:
 
     A batch arrives in chunks: each chunk is checked against the recent batches and the
     batch's earlier chunks (``hold``), and the batch joins the recent ones once it is logged
-    (``settle``). Only rows no newer than the newest event remembered can repeat one, so the
-    lookup in recent keys is limited to them (in a live stream, few)."""
+    (``settle``). A repeat has the same timestamp as what it repeats, so the strings are only
+    compared for rows whose ``ts`` occurs twice (found on sorted integers, which is cheap);
+    in a live stream that is few rows, and string hashing stays off the hot path.
+    """
 
     def __init__(self, batches: int) -> None:
-        self._batches: deque[tuple[pa.Array, int]] = deque(maxlen=max(batches, 1))
-        self._pending: list[tuple[pa.Array, int]] = []  # this batch's chunks so far
+        self._batches: deque[_Seen] = deque(maxlen=max(batches, 1))
+        self._pending: list[_Seen] = []  # this batch's chunks so far
         self._enabled = batches > 0
 
-    def remember(self, keys: pa.Array, ts: pa.ChunkedArray | pa.Array) -> None:
+    def remember(self, events: pa.Table) -> None:
         """A whole batch at once (as read back from the log on a restart)."""
-        self.hold(keys, ts)
+        self.hold(events)
         self.settle()
 
-    def hold(self, keys: pa.Array, ts: pa.ChunkedArray | pa.Array) -> None:
-        if len(keys):
-            self._pending.append((keys, pc.max(ts).as_py()))
+    def hold(self, events: pa.Table) -> None:
+        if events.num_rows:
+            self._pending.append(_Seen(events))
 
     def settle(self) -> None:
         """The held chunks become one recent batch."""
         if self._enabled and self._pending:
-            keys = pa.concat_arrays([k for k, _ in self._pending])
-            self._batches.append((keys, max(latest for _, latest in self._pending)))
+            self._batches.append(_Seen(pa.concat_tables([s.events for s in self._pending])))
         self._pending = []
 
-    def repeats(self, keys: pa.Array, ts: pa.ChunkedArray | pa.Array) -> np.ndarray:
-        """Indices of keys seen in a recent batch, in a held chunk, or earlier in ``keys``."""
-        n = len(keys)
-        if n == 0:
-            return np.empty(0, np.int64)
-        codes = pc.dictionary_encode(keys).indices.to_numpy(zero_copy_only=False)
-        _, firsts = np.unique(codes, return_index=True)
-        repeated = np.ones(n, dtype=bool)
-        repeated[firsts] = False
-        earlier = [*self._batches, *self._pending] if self._enabled else self._pending
-        if earlier:
-            newest = max(latest for _, latest in earlier)
-            old_enough = pc.less_equal(ts, newest).to_numpy(zero_copy_only=False)
-            if old_enough.any():
-                rows = np.flatnonzero(old_enough)
-                recent = pa.concat_arrays([k for k, _ in earlier])
-                seen = pc.is_in(keys.take(pa.array(rows)), value_set=recent)
-                repeated[rows] |= seen.to_numpy(zero_copy_only=False)
+    def repeats(self, events: pa.Table) -> np.ndarray:
+        """Rows of ``events`` seen in a recent batch, a held chunk, or earlier in ``events``."""
+        ts = _int64(events.column("ts"))
+        repeated = np.zeros(len(ts), dtype=bool)
+        _, inverse, counts = np.unique(ts, return_inverse=True, return_counts=True)
+        shared = np.flatnonzero(counts[inverse] > 1)
+        if len(shared):
+            codes = pc.dictionary_encode(keys_of(events.take(pa.array(shared)))).indices
+            _, firsts = np.unique(codes.to_numpy(zero_copy_only=False), return_index=True)
+            later = np.ones(len(shared), dtype=bool)
+            later[firsts] = False
+            repeated[shared[later]] = True
+        for seen in [*self._batches, *self._pending] if self._enabled else self._pending:
+            rows = np.flatnonzero(seen.has_ts(ts))
+            if len(rows):
+                earlier = seen.events.filter(pa.array(np.isin(seen.ts, ts[rows])))
+                found = pc.is_in(keys_of(events.take(pa.array(rows))), value_set=keys_of(earlier))
+                repeated[rows] |= found.to_numpy(zero_copy_only=False)
         return np.flatnonzero(repeated)
+
+
+class _Seen:
+    """Earlier events (user, item, ts), their timestamps sorted once for membership tests."""
+
+    def __init__(self, events: pa.Table) -> None:
+        self.events = events.select(["user_id", "item_id", "ts"])
+        self.ts = _int64(self.events.column("ts"))
+        self._sorted = np.sort(self.ts)
+
+    def has_ts(self, ts: np.ndarray) -> np.ndarray:
+        at = np.minimum(np.searchsorted(self._sorted, ts), len(self._sorted) - 1)
+        return self._sorted[at] == ts
+
+
+def _int64(ts: pa.ChunkedArray | pa.Array | np.ndarray) -> np.ndarray:
+    if isinstance(ts, np.ndarray):
+        return ts.astype(np.int64, copy=False)
+    return np.asarray(ts.to_numpy(zero_copy_only=False), dtype=np.int64)
