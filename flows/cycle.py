@@ -12,7 +12,6 @@ network edges, never on bad data.
 
 from __future__ import annotations
 
-import math
 import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -28,8 +27,8 @@ from flows.settings import Settings
 from monitoring import metrics
 from stackrec import continual
 from stackrec.continual import CycleConfig, CycleData, Learner
-from stackrec.gate import GateConfig, Verdict, judge
-from stackrec.growth import Decision, make_policy
+from stackrec.gate import GateConfig
+from stackrec.loop import CycleOutcome, LoopConfig, learn_cycle
 from streaming.consumer import IngestResult, ingest_batch
 from streaming.log import InteractionLog
 from streaming.redis_store import ServingUnavailable, Snapshot, publish
@@ -101,28 +100,28 @@ def _learn(
     report: CycleReport,
     clock: _StageClock,
 ) -> None:
-    """evaluate -> maybe stack -> fine-tune -> gate -> register -> publish -> promote."""
-    with clock("sequences"):
-        data = prepare(learner, history, fresh, settings)
-    with clock("evaluate"):
-        report.prequential, serving_holdout = evaluate(learner, data)
-    with clock("stack"):
-        report.growth = maybe_stack(learner, data, report.prequential, settings)
-    with clock("train"):
-        report.training = fine_tune(learner, data, settings)
-    with clock("gate"):
-        serving_loss = report.prequential["all"]["loss"]
-        report.gate = gate(learner, data, report.training, serving_holdout, serving_loss, settings)
-    report.model_shape = _shape(learner)
+    """learn (evaluate -> maybe stack -> fine-tune -> gate) -> register -> publish -> promote."""
+    outcome = learn(settings, learner, history, fresh, clock)
+    candidate = outcome.candidate
+    report.prequential, report.growth = outcome.prequential, outcome.growth
+    report.training = _training_figures(outcome.training[0] if outcome.training else None)
+    report.training["imprinted_items"] = outcome.imprinted
+    report.gate = {
+        **asdict(outcome.verdict),
+        "holdout_candidate": outcome.holdout["candidate"],
+        "holdout_serving": outcome.holdout["serving"],
+    }
+    report.model_shape = _shape(candidate)
+    _record_decisions(settings.model, outcome)
     with clock("register"):
-        version = register(settings, learner, report, through, fresh)
+        version = register(settings, candidate, report, through, fresh)
     report.version = version
-    if not report.gate["promote"]:
-        settings.registry().reject(version, report.gate["reason"])
+    if not outcome.promoted:
+        settings.registry().reject(version, outcome.verdict.reason)
         report.outcome = "rejected"
         return
     with clock("publish"):
-        report.published = publish_version(settings, learner, data, version)
+        report.published = publish_version(settings, candidate, outcome.data, version)
     promote(settings, version, through)
     report.outcome = "published"
     _record_model(settings.model, report, fresh)
@@ -153,78 +152,11 @@ def read_log(settings: Settings, trained_through: int) -> tuple[pa.Table, pa.Tab
 
 
 @task(**_LOCAL)
-def prepare(learner: Learner, history: pa.Table, fresh: pa.Table, settings: Settings) -> CycleData:
-    return continual.prepare(learner, history, fresh, settings.holdout_share)
-
-
-@task(**_LOCAL)
-def evaluate(learner: Learner, data: CycleData) -> tuple[dict, dict]:
-    """Prequential quality of the serving model, and its score on the gate's holdout."""
-    return continual.prequential(learner, data), continual.holdout_metrics(learner.model, data)
-
-
-@task(**_LOCAL)
-def maybe_stack(
-    learner: Learner, data: CycleData, quality: dict, settings: Settings
-) -> dict[str, Any]:
-    continual.observe(learner, data, quality)
-    if settings.growth_policy == "none":
-        decision = Decision(False, "none", "growth disabled")
-    else:
-        policy = make_policy(
-            settings.growth_policy,
-            settings.max_depth,
-            **(
-                {"factor": settings.growth_factor}
-                if settings.growth_policy == "data_volume"
-                else {}
-            ),
-        )
-        decision = policy.decide(learner.observations)
-    event = continual.grow(learner, decision, settings.stack_operator, settings.stack_mode)
-    metrics.GROWTH_DECISIONS.labels(
-        settings.model, decision.policy, "stack" if decision.grow else "keep"
-    ).inc()
-    if event:
-        metrics.STACKING_EVENTS.labels(settings.model, event["operator"], event["mode"]).inc()
-    return {**decision.as_dict(), "event": event}
-
-
-@task(**_LOCAL)
-def fine_tune(learner: Learner, data: CycleData, settings: Settings) -> dict[str, float]:
-    config = _cycle_config(settings)
-    windows = continual.training_windows(data, config, learner.model.config.max_len)
-    return _training_figures(continual.fine_tune(learner, windows, config))
-
-
-@task(**_LOCAL)
-def gate(
-    learner: Learner,
-    data: CycleData,
-    training: dict,
-    serving_holdout: dict,
-    serving_loss: float,
-    settings: Settings,
-) -> dict[str, Any]:
-    """Compare candidate and serving model on the holdout; top up on it if promoted."""
-    candidate = continual.holdout_metrics(learner.model, data)
-    serving = learner.parent is not None
-    verdict = judge(
-        learner.model,
-        training["mean_loss"],
-        candidate,
-        serving_holdout if serving else None,
-        GateConfig(tolerance=settings.gate_tolerance),
-        serving_loss=serving_loss if serving else None,
-    )
-    if verdict.promote:
-        topped = _training_figures(continual.top_up(learner, data, _cycle_config(settings)))
-        if not math.isfinite(topped["mean_loss"]) and topped["steps"]:
-            verdict = Verdict(False, f"top-up on the holdout diverged: {topped['mean_loss']}")
-    metrics.GATE_DECISIONS.labels(
-        settings.model, "promoted" if verdict.promote else "rejected"
-    ).inc()
-    return {**asdict(verdict), "holdout_candidate": candidate, "holdout_serving": serving_holdout}
+def learn(
+    settings: Settings, learner: Learner, history: pa.Table, fresh: pa.Table, clock: _StageClock
+) -> CycleOutcome:
+    """The cycle's learning sequence (``stackrec.loop``); stages timed into the report."""
+    return learn_cycle(learner, history, fresh, _loop_config(settings), on_stage=clock.record)
 
 
 @task(**_LOCAL)
@@ -313,6 +245,29 @@ class _StageClock:
     def record(self, stage: str, seconds: float) -> None:
         self.into[stage] = round(self.into.get(stage, 0.0) + seconds, 4)
         metrics.STAGE_DURATION.labels(self.model, stage).observe(seconds)
+
+
+def _loop_config(settings: Settings) -> LoopConfig:
+    return LoopConfig(
+        cycle=_cycle_config(settings),
+        growth_policy=settings.growth_policy,
+        growth_factor=settings.growth_factor,
+        max_depth=settings.max_depth,
+        stack_operator=settings.stack_operator,
+        stack_mode=settings.stack_mode,
+        gate=GateConfig(tolerance=settings.gate_tolerance),
+    )
+
+
+def _record_decisions(model: str, outcome: CycleOutcome) -> None:
+    growth = outcome.growth
+    metrics.GROWTH_DECISIONS.labels(
+        model, growth["policy"], "stack" if growth["grow"] else "keep"
+    ).inc()
+    if growth["event"]:
+        event = growth["event"]
+        metrics.STACKING_EVENTS.labels(model, event["operator"], event["mode"]).inc()
+    metrics.GATE_DECISIONS.labels(model, "promoted" if outcome.promoted else "rejected").inc()
 
 
 def _cycle_config(settings: Settings) -> CycleConfig:

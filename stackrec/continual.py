@@ -221,6 +221,44 @@ def grow(learner: Learner, decision: Decision, operator: str, mode: str) -> dict
     return learner.model.config.lineage[-1]
 
 
+@torch.no_grad()
+def imprint_new_items(learner: Learner, data: CycleData, norm_quantile: float = 0.9) -> int:
+    """Start each item first seen in this batch from the contexts it followed; returns how many.
+
+    Weight imprinting (Qi et al., CVPR 2018): a new item's output vector becomes the mean
+    hidden state of the training positions where it is the target, at the norm of the
+    ``norm_quantile`` of known items' vectors. A freshly initialised vector would need many
+    steps to outscore popular items; an imprinted one ranks high right away for users whose
+    state resembles the contexts that led to it, so it can be recommended after the cycle
+    that first sees it. Uses training positions only (never the gate's holdout), after the
+    prequential evaluation (which must not see the batch's targets).
+    """
+    n_items = len(learner.vocab)
+    first_new = n_items - data.n_new_items
+    if data.n_new_items == 0 or first_new < 2:
+        return 0
+    model = learner.model
+    windows = data.train_sequences.windows(model.config.max_len, users=data.batch_users)
+    inputs, targets = windows[:, :-1], windows[:, 1:]
+    at = (inputs != 0) & (targets >= first_new)
+    keep = at.any(1)
+    if not bool(keep.any()):
+        return 0
+    training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    hidden = model(inputs[keep].to(device))[at[keep].to(device)]  # [T, D]
+    model.train(training)
+    items = targets[keep][at[keep]].to(device) - first_new
+    sums = hidden.new_zeros(data.n_new_items, hidden.shape[1]).index_add_(0, items, hidden)
+    seen = torch.bincount(items, minlength=data.n_new_items) > 0
+    vectors = model.item_vectors()
+    scale = torch.quantile(vectors[1:first_new].norm(dim=1), norm_quantile)
+    rows = torch.arange(first_new, n_items, device=device)[seen]
+    vectors[rows] = F.normalize(sums[seen], dim=1) * scale
+    return int(seen.sum())
+
+
 def training_windows(data: CycleData, config: CycleConfig, max_len: int) -> torch.Tensor:
     """The batch users' windows plus a recency-weighted replay sample of everyone else's."""
     new = data.train_sequences.windows(max_len, users=data.batch_users)

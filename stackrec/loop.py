@@ -43,14 +43,25 @@ class LoopConfig:
 
 @dataclass
 class CycleOutcome:
-    learner: Learner  # the candidate if promoted, else the serving learner unchanged
-    promoted: bool
+    candidate: Learner  # trained this cycle; kept in the registry whatever the verdict
+    serving: Learner  # what the caller had, unchanged
     data: CycleData
     prequential: dict[str, dict[str, float]]
     growth: dict
     verdict: Verdict
+    holdout: dict[str, dict[str, float]]  # the gate's inputs: "candidate" and "serving"
+    imprinted: int = 0  # new items whose vectors started from their contexts
     training: list[TrainResult] = field(default_factory=list)  # fine-tune, then top-up
     stages_s: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def promoted(self) -> bool:
+        return self.verdict.promote
+
+    @property
+    def learner(self) -> Learner:
+        """The model to serve after this cycle: the candidate if promoted."""
+        return self.candidate if self.promoted else self.serving
 
     @property
     def train_seconds(self) -> float:
@@ -93,6 +104,7 @@ def learn_cycle(
         decision = decide(learner, config)
         event = continual.grow(learner, decision, config.stack_operator, config.stack_mode)
     with clock("train"):
+        imprinted = continual.imprint_new_items(learner, data)
         windows = continual.training_windows(data, config.cycle, learner.model.config.max_len)
         tuned = continual.fine_tune(learner, windows, config.cycle)
     with clock("gate"):
@@ -109,12 +121,14 @@ def learn_cycle(
         if topped is not None and not math.isfinite(topped.mean_loss):
             verdict = Verdict(False, f"top-up on the holdout diverged: {topped.mean_loss}")
     return CycleOutcome(
-        learner=learner if verdict.promote else serving,
-        promoted=verdict.promote,
+        candidate=learner,
+        serving=serving,
         data=data,
         prequential=quality,
         growth={**decision.as_dict(), "event": event},
         verdict=verdict,
+        holdout={"candidate": candidate, "serving": serving_holdout},
+        imprinted=imprinted,
         training=[r for r in (tuned, topped) if r is not None],
         stages_s=stages,
     )
