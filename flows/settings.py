@@ -52,7 +52,10 @@ class Settings(BaseSettings):
     model: str = Field("default", pattern=r"^[A-Za-z0-9_.-]{1,64}$")
     batch_max_events: int = Field(50_000, ge=1)
     batch_max_wait_s: float = Field(5.0, gt=0)
-    train_steps: int = Field(200, ge=0, description="fine-tuning steps per cycle")
+    train_steps: int = Field(200, ge=0, description="most fine-tuning steps per cycle")
+    train_epochs: float = Field(
+        2.0, ge=0, description="passes over a cycle's windows (capped by train_steps); 0: no cap"
+    )
     batch_size: int = Field(128, ge=1)
     dim: int = Field(64, ge=4)
     blocks: int = Field(2, ge=1)

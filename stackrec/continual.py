@@ -38,7 +38,8 @@ class CycleConfig:
     dim: int = 64  # width of a model created from scratch
     blocks: int = 2  # depth of a model created from scratch
     max_len: int = 50  # context length
-    train_steps: int = 200  # fine-tuning steps per cycle (bound on cycle time)
+    train_steps: int = 200  # at most this many fine-tuning steps per cycle (bounds its time)
+    train_epochs: float | None = 2.0  # passes over the cycle's windows; None: train_steps
     batch_size: int = 128
     lr: float = 1e-3
     replay_ratio: float = 0.5  # replayed windows per new window, against forgetting
@@ -278,18 +279,23 @@ def training_windows(data: CycleData, config: CycleConfig, max_len: int) -> torc
 
 
 def fine_tune(learner: Learner, windows: torch.Tensor, config: CycleConfig) -> TrainResult | None:
-    """Exactly ``train_steps`` steps on ``windows``, the optimizer state kept warm."""
+    """``train_epochs`` passes over ``windows`` (at most ``train_steps`` steps), the optimizer
+    state kept warm. Steps follow the batch, so a small batch is not trained on a hundred
+    times over and a 10,000-event cycle stays well inside its interval."""
     windows = windows[(windows[:, :-1] > 0).logical_and(windows[:, 1:] > 0).any(1)]
-    if len(windows) == 0 or config.train_steps == 0:
+    n_batches = math.ceil(len(windows) / config.batch_size)
+    steps = config.train_steps
+    if config.train_epochs is not None:
+        steps = min(steps, math.ceil(config.train_epochs * n_batches))
+    if len(windows) == 0 or steps == 0:
         return None
     trainer = Trainer(
         learner.model,
         TrainConfig(lr=config.lr, batch_size=config.batch_size, seed=config.seed),
         optimizer_state=learner.optimizer_state,
     )
-    n_batches = math.ceil(len(windows) / config.batch_size)
-    # ceil(epochs * n_batches) == train_steps: the schedule completes, nothing left to resume
-    result = trainer.fit(windows, epochs=(config.train_steps - 0.5) / n_batches)
+    # ceil(epochs * n_batches) == steps: the schedule completes, nothing left to resume
+    result = trainer.fit(windows, epochs=(steps - 0.5) / n_batches)
     learner.optimizer_state = trainer.optimizer_state()
     learner.model = trainer.model.cpu()
     return result
@@ -302,7 +308,7 @@ def top_up(learner: Learner, data: CycleData, config: CycleConfig) -> TrainResul
         return None
     steps = max(1, math.ceil(config.train_steps * config.holdout_share))
     windows = data.sequences.windows(learner.model.config.max_len, users=data.holdout_users)
-    return fine_tune(learner, windows, replace(config, train_steps=steps))
+    return fine_tune(learner, windows, replace(config, train_steps=steps))  # epochs bound too
 
 
 def save(registry: Registry, learner: Learner, meta: dict[str, Any]) -> int:
