@@ -11,7 +11,10 @@ target. Throughput is training targets per second (next-item predictions that ca
 RecBole lives in its own virtualenv, outside the repository (its pins clash with ours):
 
     python3.11 -m venv /work/recbole-venv
-    /work/recbole-venv/bin/pip install torch==2.13.0 recbole==1.2.1
+    /work/recbole-venv/bin/pip install torch==2.13.0 recbole==1.2.1 "numpy<2" "pandas<2.2"
+
+RecBole 1.2.1 still uses ``np.float`` (removed in numpy 2) and pandas APIs that 2.2 changed;
+with those two pins it runs unpatched.
 
 RecBole switches on ``torch.autograd.set_detect_anomaly(True)`` when imported, which slows its
 training several times; the worker switches it off again, so the comparison is fair to it.
@@ -21,7 +24,7 @@ on a machine others are using, ``OMP_NUM_THREADS=1`` was several times faster th
 
     nice -n 10 .venv/bin/python benchmarks/quality.py --datasets ml-100k --epochs 20
     nice -n 10 .venv/bin/python benchmarks/quality.py --datasets beauty --models sasrec \
-        --epochs 200 --patience 10 --dropout 0.5
+        --epochs 200 --patience 8 --dropout 0.5 --windows-per-step 64 --hours 2 --skip-recbole
 
 An "epoch" is one pass over the training targets on both sides. RecBole feeds every prefix as
 its own sequence (one target, one forward pass each); we feed each history once, cut into
