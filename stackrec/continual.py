@@ -28,7 +28,7 @@ from stackrec.ranking import next_item_metrics
 from stackrec.recommend import top_k
 from stackrec.registry import Registry
 from stackrec.sequences import Sequences
-from stackrec.train import TrainConfig, Trainer, TrainResult
+from stackrec.train import TrainConfig, Trainer, TrainResult, target_mask
 from stackrec.vocab import Vocabulary
 
 
@@ -260,13 +260,22 @@ def imprint_new_items(learner: Learner, data: CycleData, norm_quantile: float = 
     return int(seen.sum())
 
 
-def training_windows(data: CycleData, config: CycleConfig, max_len: int) -> torch.Tensor:
-    """The batch users' windows plus a recency-weighted replay sample of everyone else's."""
+def training_windows(
+    data: CycleData, config: CycleConfig, max_len: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The batch users' windows, whose loss counts only the batch's events (the history before
+    them is context: it was learnt in earlier cycles), plus a recency-weighted replay sample of
+    everyone else's windows with every target counted, against forgetting. Returns the windows
+    and the ``[N, max_len]`` mask of counted targets."""
+    trainable = ~data.is_holdout
     new = data.train_sequences.windows(max_len, users=data.batch_users)
+    fresh = data.train_sequences.window_flags(max_len, data.is_new[trainable], data.batch_users)
+    keep = fresh.any(1)
+    new, fresh = new[keep], fresh[keep]
     others = np.setdiff1d(data.train_sequences.users, data.batch_users)
     n_replay = int(len(new) * config.replay_ratio)
     if n_replay == 0 or len(others) == 0:
-        return new
+        return new, fresh
     rng = np.random.default_rng(config.seed + data.n_events)
     recency = np.argsort(np.argsort(-data.last_active[others]))  # 0 = most recent user
     weights = 0.5 ** (recency / max(1.0, config.replay_half_life * len(others)))
@@ -275,14 +284,21 @@ def training_windows(data: CycleData, config: CycleConfig, max_len: int) -> torc
     )
     replay = data.train_sequences.windows(max_len, users=np.sort(picked))
     replay = replay[torch.from_numpy(rng.permutation(len(replay))[:n_replay])]
-    return torch.cat([new, replay])
+    every = torch.ones(len(replay), max_len, dtype=torch.bool)
+    return torch.cat([new, replay]), torch.cat([fresh, every])
 
 
-def fine_tune(learner: Learner, windows: torch.Tensor, config: CycleConfig) -> TrainResult | None:
+def fine_tune(
+    learner: Learner,
+    windows: torch.Tensor,
+    config: CycleConfig,
+    counted: torch.Tensor | None = None,
+) -> TrainResult | None:
     """``train_epochs`` passes over ``windows`` (at most ``train_steps`` steps), the optimizer
     state kept warm. Steps follow the batch, so a small batch is not trained on a hundred
     times over and a 10,000-event cycle stays well inside its interval."""
-    windows = windows[(windows[:, :-1] > 0).logical_and(windows[:, 1:] > 0).any(1)]
+    useful = target_mask(windows, counted).any(1)
+    windows, counted = windows[useful], None if counted is None else counted[useful]
     n_batches = math.ceil(len(windows) / config.batch_size)
     steps = config.train_steps
     if config.train_epochs is not None:
@@ -295,7 +311,7 @@ def fine_tune(learner: Learner, windows: torch.Tensor, config: CycleConfig) -> T
         optimizer_state=learner.optimizer_state,
     )
     # ceil(epochs * n_batches) == steps: the schedule completes, nothing left to resume
-    result = trainer.fit(windows, epochs=(steps - 0.5) / n_batches)
+    result = trainer.fit(windows, epochs=(steps - 0.5) / n_batches, counted=counted)
     learner.optimizer_state = trainer.optimizer_state()
     learner.model = trainer.model.cpu()
     return result
@@ -307,8 +323,10 @@ def top_up(learner: Learner, data: CycleData, config: CycleConfig) -> TrainResul
     if len(data.holdout_users) == 0:
         return None
     steps = max(1, math.ceil(config.train_steps * config.holdout_share))
-    windows = data.sequences.windows(learner.model.config.max_len, users=data.holdout_users)
-    return fine_tune(learner, windows, replace(config, train_steps=steps))  # epochs bound too
+    max_len = learner.model.config.max_len
+    windows = data.sequences.windows(max_len, users=data.holdout_users)
+    counted = data.sequences.window_flags(max_len, data.is_holdout, data.holdout_users)
+    return fine_tune(learner, windows, replace(config, train_steps=steps), counted)
 
 
 def save(registry: Registry, learner: Learner, meta: dict[str, Any]) -> int:

@@ -105,8 +105,9 @@ def learn_cycle(
         event = continual.grow(learner, decision, config.stack_operator, config.stack_mode)
     with clock("train"):
         imprinted = continual.imprint_new_items(learner, data)
-        windows = continual.training_windows(data, config.cycle, learner.model.config.max_len)
-        tuned = continual.fine_tune(learner, windows, config.cycle)
+        max_len = learner.model.config.max_len
+        windows, counted = continual.training_windows(data, config.cycle, max_len)
+        tuned = continual.fine_tune(learner, windows, config.cycle, counted)
     with clock("gate"):
         candidate = continual.holdout_metrics(learner.model, data)
         verdict = judge(

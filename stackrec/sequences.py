@@ -66,6 +66,20 @@ class Sequences:
         item after a user's first is the target of exactly one window. Earlier windows are left
         padded with 0; a target counts only where its input is a real item.
         """
+        at = self._window_events(max_len, users)
+        return torch.from_numpy(np.where(at >= 0, self.items[np.maximum(at, 0)], 0))
+
+    def window_flags(
+        self, max_len: int, flags: np.ndarray, users: np.ndarray | None = None
+    ) -> torch.Tensor:
+        """``[N, max_len]`` bool, aligned with ``windows``' targets: ``flags`` (one per event,
+        in the order given to ``from_arrays``) of each target position; False on padding."""
+        at = self._window_events(max_len, users)[:, 1:]
+        by_position = np.asarray(flags, dtype=bool)[self.order]
+        return torch.from_numpy(np.where(at >= 0, by_position[np.maximum(at, 0)], False))
+
+    def _window_events(self, max_len: int, users: np.ndarray | None) -> np.ndarray:
+        """``[N, max_len + 1]`` index into ``items`` of each window position, -1 for padding."""
         rows = np.arange(len(self.users)) if users is None else self._rows(users)
         starts, lengths = self.offsets[rows], self.lengths[rows]
         per_user = np.where(lengths >= 2, (lengths - 2) // max_len + 1, 0)
@@ -74,8 +88,7 @@ class Sequences:
         j = np.arange(len(user_of)) - first_window[user_of]  # 0 = the most recent window
         end = lengths[user_of] - j * max_len  # one past the window's last item, user-local
         local = end[:, None] - (max_len + 1) + np.arange(max_len + 1)
-        gathered = self.items[np.maximum(local, 0) + starts[user_of][:, None]]
-        return torch.from_numpy(np.where(local >= 0, gathered, 0))
+        return np.where(local >= 0, local + starts[user_of][:, None], -1)
 
     def latest(self, users: np.ndarray, max_len: int) -> torch.Tensor:
         """Each user's last ``max_len`` items, left padded: the context for the next item."""

@@ -94,14 +94,17 @@ class Trainer:
         max_steps: int | None = None,
         epochs: float = 1.0,
         on_step: Callable[[int, float], None] | None = None,
+        counted: torch.Tensor | None = None,
     ) -> TrainResult:
         """Train on ``windows`` ``[N, L + 1]`` for ``epochs`` passes, reshuffled each pass.
 
+        ``counted`` (``[N, L]`` bool) limits the loss to those target positions; the others
+        are context only (a continual cycle learns the batch's new events, not history again).
         With ``max_steps`` the run may stop early; the next ``fit`` on the same windows (also
         after a round trip through ``optimizer_state()``) continues the same schedule, so the
         loss curve equals an uninterrupted run.
         """
-        n_targets_all = int(target_mask(windows).sum())
+        n_targets_all = int(target_mask(windows, counted).sum())
         if n_targets_all == 0:
             raise NoTargetsError(f"{len(windows)} windows hold no next-item target")
         n_batches = math.ceil(len(windows) / self.config.batch_size)
@@ -117,8 +120,9 @@ class Trainer:
                 permutation, perm_epoch = self._permutation(len(windows), epoch), epoch
             rows = permutation[batch_index * self.config.batch_size :][: self.config.batch_size]
             batch = windows[rows]
-            count = int(target_mask(batch).sum())
-            loss = self._learn(batch.to(self.device, non_blocking=True), log_q) if count else 0.0
+            mask = target_mask(batch, None if counted is None else counted[rows])
+            count = int(mask.sum())
+            loss = self._learn(batch.to(self.device), mask.to(self.device), log_q) if count else 0.0
             loss_sum, n_targets, steps = loss_sum + loss * count, n_targets + count, steps + 1
             self.position = position + 1
             if on_step is not None:
@@ -128,9 +132,8 @@ class Trainer:
         seconds = time.perf_counter() - began
         return TrainResult(loss_sum / max(n_targets, 1), steps, n_targets, seconds)
 
-    def _learn(self, batch: torch.Tensor, log_q: torch.Tensor | None) -> float:
+    def _learn(self, batch: torch.Tensor, mask: torch.Tensor, log_q: torch.Tensor | None) -> float:
         inputs, targets = batch[:, :-1], batch[:, 1:]
-        mask = (inputs != 0) & (targets != 0)
         with self._autocast():
             hidden = self.model(inputs)[mask]  # [T, D]: only positions that carry a target
             loss = self._loss(hidden, targets[mask], log_q)
@@ -217,9 +220,11 @@ class Trainer:
         return {n: s for n in names if (s := source_name(n, growth[0]["sources"])) is not None}
 
 
-def target_mask(windows: torch.Tensor) -> torch.Tensor:
-    """``[N, L]`` True where a window's input and target are both real items."""
-    return (windows[:, :-1] != 0) & (windows[:, 1:] != 0)
+def target_mask(windows: torch.Tensor, counted: torch.Tensor | None = None) -> torch.Tensor:
+    """``[N, L]`` True where a window's input and target are both real items (and, with
+    ``counted``, the position is one of those)."""
+    mask = (windows[:, :-1] != 0) & (windows[:, 1:] != 0)
+    return mask if counted is None else mask & counted
 
 
 def carry_adamw_state(

@@ -35,6 +35,16 @@ def test_windows_cover_every_target_once():
     assert sorted(targets.tolist()) == [2, 3, 4, 5, 8]  # every item but each user's first
 
 
+def test_window_flags_follow_the_events_into_the_targets():
+    seqs = make()
+    flagged = TS >= 40  # user 7's two latest events (items 4 and 5), given in input order
+    flags = seqs.window_flags(2, flagged)
+    w = seqs.windows(max_len=2)
+    assert flags.dtype == torch.bool and flags.shape == (3, 2)
+    assert sorted(w[:, 1:][flags].tolist()) == [4, 5]
+    assert seqs.window_flags(2, flagged, users=np.array([3])).tolist() == [[False, False]]
+
+
 def test_windows_for_selected_users_and_short_histories():
     seqs = Sequences.from_arrays(np.array([1, 2, 2]), np.array([4, 5, 6]), np.array([0, 0, 1]))
     assert seqs.windows(3).tolist() == [[0, 0, 5, 6]]  # user 1 has one item: no window

@@ -36,6 +36,16 @@ def test_training_learns_a_deterministic_successor(build):
     assert next_item_metrics(ranks, ks=(1,))["hr@1"] > 0.9
 
 
+def test_only_counted_targets_carry_the_loss(build):
+    windows = cyclic_windows(n_users=8)
+    counted = torch.zeros(len(windows), windows.shape[1] - 1, dtype=torch.bool)
+    counted[:, -1] = True  # the last target of each window: what a cycle's batch would add
+    trainer = Trainer(build(), TrainConfig(batch_size=4), device="cpu")
+    assert trainer.fit(windows, epochs=1, counted=counted).targets == 8
+    with pytest.raises(NoTargetsError):
+        trainer.fit(windows, counted=torch.zeros_like(counted))
+
+
 def test_sampled_softmax_learns_too(build):
     model = build(dropout=0.0)
     windows = cyclic_windows()
