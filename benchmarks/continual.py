@@ -72,7 +72,9 @@ class Scale:
     dim: int = 32
     blocks: int = 2  # starting depth
     max_depth: int = 8
-    train_steps: int = 30  # per cycle, (a) and (b)
+    train_steps: int = 1_000  # per cycle, (a) and (b): a cap; train_epochs decides
+    train_epochs: float = 8.0  # passes over a cycle's windows (loss on the batch's events)
+    replay_ratio: float = 0.25  # replayed windows (every target counted) per batch window
     batch_size: int = 128
     retrain_epochs: dict = None  # dataset -> epochs of (c) and of the warm-up
     lr: float = 3e-3  # every arm (1e-3 learns too slowly in these budgets)
@@ -92,7 +94,8 @@ QUICK = Scale(
     max_len={"ml-1m": 30, "beauty": 10},
     windows=4,
     dim=16,
-    train_steps=10,
+    train_steps=200,
+    train_epochs=4.0,
     retrain_epochs={"ml-1m": 5, "beauty": 5},
     retrain_windows=1,
     early_slice=500,
@@ -106,7 +109,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="a small run (< 3 minutes)")
     parser.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=list(DATASETS))
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
-    parser.add_argument("--steps", type=int, help="fine-tuning steps per cycle, (a) and (b)")
+    parser.add_argument("--steps", type=int, help="most fine-tuning steps per cycle, (a), (b)")
+    parser.add_argument("--epochs", type=float, help="passes over a cycle's windows, (a), (b)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--name", help="result file stem (default: continual[-quick])")
     args = parser.parse_args()
@@ -114,6 +118,8 @@ def main() -> None:
     scale = QUICK if args.quick else FULL
     if args.steps is not None:
         scale = replace(scale, train_steps=args.steps)
+    if args.epochs is not None:
+        scale = replace(scale, train_epochs=args.epochs)
     began = time.perf_counter()
     result = {
         "command": " ".join(["benchmarks/continual.py", *sys.argv[1:]]),
@@ -152,6 +158,8 @@ def replay(name: str, table: pa.Table, scale: Scale) -> dict:
         blocks=scale.blocks,
         max_len=max_len,
         train_steps=scale.train_steps,
+        train_epochs=scale.train_epochs,
+        replay_ratio=scale.replay_ratio,
         batch_size=scale.batch_size,
         lr=scale.lr,
         publish_users=scale.publish_users,
