@@ -69,6 +69,8 @@ def main() -> None:
                 cycles.append(
                     {
                         "cycle": index + 1,
+                        "outcome": report["outcome"],
+                        "gate": report["gate"].get("reason"),
                         "events": events,
                         "wall_s": report["wall_s"],
                         "stages_s": report["stages_s"],

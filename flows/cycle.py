@@ -280,6 +280,7 @@ def _cycle_config(settings: Settings) -> CycleConfig:
         max_len=settings.max_len,
         train_steps=settings.train_steps,
         train_epochs=settings.train_epochs or None,
+        imprint=settings.imprint_new_items,
         batch_size=settings.batch_size,
         lr=settings.lr,
         top_k=settings.top_k,

@@ -62,6 +62,7 @@ class Settings(BaseSettings):
     max_len: int = Field(50, ge=2)
     lr: float = Field(1e-3, gt=0)
     model_kind: str = Field("nextitnet", pattern=r"^(nextitnet|sasrec)$")
+    imprint_new_items: bool = Field(True, description="new items start from their contexts")
     replay_ratio: float = Field(0.5, ge=0, description="replayed windows per new window")
     holdout_share: float = Field(
         0.1, ge=0, lt=1, description="latest share of a batch for the gate"

@@ -40,6 +40,7 @@ class CycleConfig:
     max_len: int = 50  # context length
     train_steps: int = 200  # at most this many fine-tuning steps per cycle (bounds its time)
     train_epochs: float | None = 2.0  # passes over the cycle's windows; None: train_steps
+    imprint: bool = True  # new items start from the contexts they followed (imprint_new_items)
     batch_size: int = 128
     lr: float = 1e-3
     replay_ratio: float = 0.5  # replayed windows per new window, against forgetting

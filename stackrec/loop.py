@@ -104,7 +104,7 @@ def learn_cycle(
         decision = decide(learner, config)
         event = continual.grow(learner, decision, config.stack_operator, config.stack_mode)
     with clock("train"):
-        imprinted = continual.imprint_new_items(learner, data)
+        imprinted = continual.imprint_new_items(learner, data) if config.cycle.imprint else 0
         max_len = learner.model.config.max_len
         windows, counted = continual.training_windows(data, config.cycle, max_len)
         tuned = continual.fine_tune(learner, windows, config.cycle, counted)

@@ -165,3 +165,11 @@ def test_an_unknown_kafka_client_names_the_variable(env):
     env(kafka_client="librdkafka")
     with pytest.raises(SettingsError, match=r"^STACKREC_KAFKA_CLIENT: String should match"):
         Settings.load()
+
+
+def test_imprinting_can_be_switched_off(env):
+    from flows.cycle import _cycle_config
+
+    env(imprint_new_items="false")
+    assert _cycle_config(Settings.load()).imprint is False
+    assert _cycle_config(Settings.load(imprint_new_items=True)).imprint is True
