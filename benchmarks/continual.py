@@ -390,7 +390,7 @@ def time_one_cycle(table: pa.Table, scale: Scale, name: str) -> dict:
     history_n = scale.events[name]
     fresh = table.slice(history_n, scale.cycle_events)
     history = table.slice(0, history_n)
-    cycle = CycleConfig()  # the product's defaults: dim 64, 2 blocks, max_len 50, 2 epochs
+    cycle = CycleConfig()  # the product's defaults: dim 64, 2 blocks, 8 epochs, <= 200 steps
     learner, _ = retrain(history, cycle.blocks, cycle, epochs=1)
     learner.parent = 1
     out = learn_cycle(learner, history, fresh, LoopConfig(cycle=cycle, max_depth=scale.max_depth))

@@ -54,7 +54,7 @@ class Settings(BaseSettings):
     batch_max_wait_s: float = Field(5.0, gt=0)
     train_steps: int = Field(200, ge=0, description="most fine-tuning steps per cycle")
     train_epochs: float = Field(
-        2.0, ge=0, description="passes over a cycle's windows (capped by train_steps); 0: no cap"
+        8.0, ge=0, description="passes over a cycle's windows (capped by train_steps); 0: no cap"
     )
     batch_size: int = Field(128, ge=1)
     dim: int = Field(64, ge=4)

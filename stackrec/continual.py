@@ -39,7 +39,7 @@ class CycleConfig:
     blocks: int = 2  # depth of a model created from scratch
     max_len: int = 50  # context length
     train_steps: int = 200  # at most this many fine-tuning steps per cycle (bounds its time)
-    train_epochs: float | None = 2.0  # passes over the cycle's windows; None: train_steps
+    train_epochs: float | None = 8.0  # passes over the cycle's windows; None: train_steps
     imprint: bool = True  # new items start from the contexts they followed (imprint_new_items)
     batch_size: int = 128
     lr: float = 1e-3
