@@ -1,8 +1,9 @@
 """The continual cycle, as the data-flow picture draws it:
 
     consume -> validate -> log -> commit   (streaming.consumer.ingest_batch)
-    -> grow vocabulary, build sequences -> prequential evaluation -> fine-tune
-    -> register a candidate -> publish to Redis, flip current -> promote -> metrics
+    -> grow vocabulary, build sequences -> prequential evaluation -> maybe stack
+       -> imprint new items -> fine-tune -> gate   (stackrec.loop.learn_cycle)
+    -> register the candidate -> publish to Redis, flip current -> promote -> metrics
 
 Publishing comes before promotion: if Redis fails, the registry's serving version, Redis
 ``current`` and the log's trained-through cursor all stay where they were, and the next cycle
