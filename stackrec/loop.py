@@ -1,10 +1,11 @@
 """One continual cycle's learning sequence, in process: the order ``flows/cycle.py`` runs.
 
-    prepare -> prequential (serving model) -> observe, decide, maybe stack -> fine-tune
+    prepare -> prequential (serving model) -> observe, decide, maybe stack
+    -> imprint new items -> fine-tune (loss on the batch's events, plus replay)
     -> gate (candidate vs serving on the holdout) -> top up on the holdout if promoted
 
-The flow wraps each step in a task and adds the edges (Kafka, registry, Redis); a benchmark or
-a notebook calls ``learn_cycle`` directly. The serving learner is never changed: the candidate
+The flow runs ``learn_cycle`` as one task between its edges (Kafka, registry, Redis); a
+benchmark or a notebook calls it directly. The serving learner is never changed: the candidate
 is a deep copy, so a rejected cycle leaves the caller with the model it had.
 """
 
