@@ -38,7 +38,7 @@ class Settings(BaseSettings):
     kafka_sasl_password: SecretStr | None = None
     kafka_ssl_cafile: str | None = None
     kafka_client: str = Field(
-        "kafka-python", pattern=r"^(kafka-python|confluent)$", description="confluent: about 2x the events/s"
+        "kafka-python", pattern=r"^(kafka-python|confluent)$", description="confluent: ~2x"
     )
     duplicates: str = Field(
         "keep", pattern=r"^(keep|drop|dead-letter)$", description="repeated (user, item, ts)"
