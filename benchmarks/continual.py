@@ -419,8 +419,9 @@ def time_one_cycle(table: pa.Table, scale: Scale, name: str) -> dict:
 
 def publish_seconds(recs) -> dict:
     """Seconds to publish to a throwaway local Redis, if a server binary can be started."""
+    from flows.cycle import snapshot_of
     from streaming import services
-    from streaming.redis_store import RedisConfig, Snapshot, publish
+    from streaming.redis_store import RedisConfig, publish
 
     with tempfile.TemporaryDirectory() as run_dir:
         host, port = "127.0.0.1", services.free_port()
@@ -435,8 +436,7 @@ def publish_seconds(recs) -> dict:
         except Exception as error:  # no server binary here: report, do not fail the run
             return {"publish_skipped": str(error)[:200]}
         try:
-            snapshot = Snapshot(1, recs.item_ids, recs.item_vectors, recs.user_ids,
-                                recs.user_vectors, recs.top_k, recs.popular, meta={})  # fmt: skip
+            snapshot = snapshot_of(1, recs, meta={})
             began = time.perf_counter()
             publish(RedisConfig(url=f"redis://{host}:{port}/0", prefix="bench"), snapshot)
             return {"publish": round(time.perf_counter() - began, 4)}

@@ -27,7 +27,7 @@ from flows.pushed import push_metrics, restore_metrics
 from flows.settings import Settings
 from monitoring import metrics
 from stackrec import continual
-from stackrec.continual import CycleConfig, CycleData, Learner
+from stackrec.continual import CycleConfig, CycleData, Learner, Recommendations
 from stackrec.gate import GateConfig
 from stackrec.loop import CycleOutcome, LoopConfig, learn_cycle
 from streaming.consumer import IngestResult, ingest_batch
@@ -187,16 +187,7 @@ def publish_version(
     settings: Settings, learner: Learner, data: CycleData, version: int
 ) -> dict[str, Any]:
     recs = continual.recommendations(learner, data, _cycle_config(settings))
-    snapshot = Snapshot(
-        version,
-        recs.item_ids,
-        recs.item_vectors,
-        recs.user_ids,
-        recs.user_vectors,
-        recs.top_k,
-        recs.popular,
-        meta={"model": settings.model, "depth": learner.model.depth},
-    )
+    snapshot = snapshot_of(version, recs, {"model": settings.model, "depth": learner.model.depth})
     redis = settings.redis()
     started = time.perf_counter()
     try:
@@ -217,6 +208,20 @@ def publish_version(
         "dim": int(recs.item_vectors.shape[1]),
         "seconds": round(seconds, 3),
     }
+
+
+def snapshot_of(version: int, recs: Recommendations, meta: dict[str, Any]) -> Snapshot:
+    """What ``version`` publishes to Redis: its vectors and top-K lists."""
+    return Snapshot(
+        version,
+        recs.item_ids,
+        recs.item_vectors,
+        recs.user_ids,
+        recs.user_vectors,
+        recs.top_k,
+        recs.popular,
+        meta=meta,
+    )
 
 
 @task(**_LOCAL)

@@ -13,6 +13,7 @@ from typing import Annotated, Any
 
 import typer
 
+from flows.cycle import snapshot_of
 from flows.errors import user_errors
 from flows.pushed import pushed_metrics
 from flows.settings import Settings
@@ -109,16 +110,7 @@ def _snapshot(s: Settings, registry: Registry, version: int) -> Snapshot:
     history = InteractionLog(s.log_dir).read(through=learner.trained_through)
     data = continual.prepare(learner, history, history.schema.empty_table(), holdout_share=0.0)
     recs = continual.recommendations(learner, data, continual.CycleConfig(top_k=s.top_k))
-    return Snapshot(
-        version,
-        recs.item_ids,
-        recs.item_vectors,
-        recs.user_ids,
-        recs.user_vectors,
-        recs.top_k,
-        recs.popular,
-        meta={"model": s.model, "republished": 1},
-    )
+    return snapshot_of(version, recs, {"model": s.model, "republished": 1})
 
 
 def _summary(meta: dict[str, Any], current: int | None) -> dict[str, Any]:
