@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from stackrec.checkpoint import MODELS, from_payload, to_payload
-from stackrec.evaluate import rank_targets
+from stackrec.evaluate import rank_rows
 from stackrec.growth import Decision, Observation
 from stackrec.ranking import next_item_metrics
 from stackrec.recommend import top_k
@@ -156,49 +156,61 @@ def _latest(is_new: np.ndarray, ts: np.ndarray, share: float) -> np.ndarray:
 
 
 def prequential(learner: Learner, data: CycleData) -> dict[str, dict[str, float]]:
-    """HR/NDCG/MRR@10 of the serving model on the batch, before training; all/new/known items.
+    """HR/NDCG/MRR@10 and mean cross-entropy (``loss``, what the fitted growth policy models)
+    of the serving model on the batch, before training: all events, new items, known items,
+    and the ``holdout`` (the latest events, on which the gate compares the candidate).
 
-    Full ranking over every item, history not masked (users may come back to an item). Also
-    the mean cross-entropy (``loss``), which the fitted growth policy models.
+    Full ranking over every item, history not masked (users may come back to an item). One
+    forward pass scores every event; the groups are slices of it.
     """
     contexts, targets, kept = data.sequences.contexts_for(data.is_new, learner.model.config.max_len)
-    ranks = rank_targets(learner.model, contexts, targets)
-    new_item = data.first_seen[kept]
-    overall = next_item_metrics(ranks) | {
-        "loss": mean_cross_entropy(learner.model, contexts, targets)
+    ranks, losses = rank_and_loss(learner.model, contexts, targets)
+    groups = {
+        "all": np.ones(len(kept), dtype=bool),
+        "new": data.first_seen[kept],
+        "known": ~data.first_seen[kept],
+        "holdout": data.is_holdout[kept],
     }
-    return {
-        "all": overall,
-        "new": next_item_metrics(ranks[new_item]),
-        "known": next_item_metrics(ranks[~new_item]),
-    }
+    return {name: _metrics(ranks[rows], losses[rows]) for name, rows in groups.items()}
 
 
 def holdout_metrics(model: nn.Module, data: CycleData) -> dict[str, float]:
-    """HR/NDCG/MRR@10 on the gate's holdout slice (the batch's latest events)."""
+    """HR/NDCG/MRR@10 and loss on the gate's holdout slice (the batch's latest events)."""
     contexts, targets, _ = data.sequences.contexts_for(data.is_holdout, model.config.max_len)
-    return next_item_metrics(rank_targets(model, contexts, targets))
+    return _metrics(*rank_and_loss(model, contexts, targets))
+
+
+def _metrics(ranks: np.ndarray, losses: np.ndarray) -> dict[str, float]:
+    loss = float(losses.mean()) if len(losses) else float("nan")
+    return next_item_metrics(ranks) | {"loss": loss}
 
 
 @torch.no_grad()
-def mean_cross_entropy(
+def rank_and_loss(
     model: nn.Module, contexts: torch.Tensor, targets: torch.Tensor, batch_size: int = 512
-) -> float:
-    """Mean next-item cross-entropy over all items (nan when there is nothing to score)."""
-    if len(targets) == 0:
-        return float("nan")
+) -> tuple[np.ndarray, np.ndarray]:
+    """Each target's 1-based rank among all items (see ``rank_rows``) and its next-item
+    cross-entropy, from one forward pass."""
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
     items = model.item_vectors().to(device)
-    total = 0.0
-    for start in range(0, len(targets), batch_size):
-        scores = model.user_vectors(contexts[start : start + batch_size].to(device)) @ items.T
-        scores[:, 0] = -torch.inf
-        target = targets[start : start + batch_size].to(device)
-        total += float(F.cross_entropy(scores.float(), target, reduction="sum"))
-    model.train(was_training)
-    return total / len(targets)
+    ranks, losses = [torch.zeros(0, dtype=torch.long)], [torch.zeros(0)]
+    try:
+        for start in range(0, len(targets), batch_size):
+            scores = model.user_vectors(contexts[start : start + batch_size].to(device)) @ items.T
+            target = targets[start : start + batch_size].to(device)
+            ranks.append(rank_rows(scores, target).cpu())
+            scores[:, 0] = -torch.inf
+            losses.append(F.cross_entropy(scores.float(), target, reduction="none").cpu())
+    finally:
+        model.train(was_training)
+    return torch.cat(ranks).numpy(), torch.cat(losses).numpy()
+
+
+def mean_cross_entropy(model: nn.Module, contexts: torch.Tensor, targets: torch.Tensor) -> float:
+    """Mean next-item cross-entropy over all items (nan when there is nothing to score)."""
+    return _metrics(*rank_and_loss(model, contexts, targets))["loss"]
 
 
 def observe(learner: Learner, data: CycleData, quality: dict[str, dict[str, float]]) -> None:

@@ -99,7 +99,7 @@ def learn_cycle(
         data = continual.prepare(learner, history, fresh, config.cycle.holdout_share)
     with clock("evaluate"):
         quality = continual.prequential(learner, data)
-        serving_holdout = continual.holdout_metrics(learner.model, data)
+        serving_holdout = quality["holdout"]  # the same model on the same events
     with clock("stack"):
         continual.observe(learner, data, quality)
         decision = decide(learner, config)
