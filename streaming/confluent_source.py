@@ -118,6 +118,17 @@ class ConfluentSource:
         except KafkaException as error:
             raise self._failed(error) from None
 
+    def caught_up(self, positions: dict[int, int]) -> bool:
+        try:
+            assigned = self._consumer.assignment()
+            ends = [
+                (tp.partition, self._consumer.get_watermark_offsets(tp, cached=True)[1])
+                for tp in assigned
+            ]
+        except KafkaException as error:
+            raise self._failed(error) from None
+        return bool(ends) and all(end >= 0 and positions.get(p, 0) >= end for p, end in ends)
+
     def close(self) -> None:
         self._consumer.close()
 

@@ -40,6 +40,7 @@ from streaming.source import CLIENTS, Block, CommitRejected, Source
 from streaming.topics import require_broker
 from streaming.validation import Validated, validate_block
 
+POLL_SLICE_S = 0.1  # one poll's wait: confluent's consume() waits all of it for a full batch
 DUPLICATE = Rejection("duplicate", "same user_id, item_id and ts as an event logged recently")
 
 
@@ -49,7 +50,7 @@ class ConsumerConfig:
     group_id: str = "stackrec"
     max_events: int = 50_000  # upper bound of one batch
     max_wait_s: float = 5.0  # upper bound of time spent polling one batch (after the join)
-    idle_poll_ms: int = 1_000  # a poll this long that returns nothing ends a non-empty batch
+    idle_poll_ms: int = 1_000  # this long with nothing new ends a non-empty batch (not caught up)
     session_timeout_ms: int = 6_000  # Tansu needs this low, or each group join waits ~23 s
     max_poll_interval_ms: int = 300_000  # also the rebalance timeout
     client: str = "kafka-python"  # or "confluent" (optional extra, several times faster)
@@ -199,11 +200,16 @@ class Ingestor:
         while not source.assigned() and time.monotonic() < join_deadline:
             polled.take(source.poll(config.max_events, 0.1), self._validate)
         deadline = time.monotonic() + config.max_wait_s
+        idle_since = time.monotonic()
         while polled.read < config.max_events and time.monotonic() < deadline:
-            wait_s = min(config.idle_poll_ms / 1000, max(0.001, deadline - time.monotonic()))
+            if polled.read and source.caught_up(polled.positions):
+                break  # at the ends the fetches reported: no idle poll to find that out
+            wait_s = min(POLL_SLICE_S, max(0.001, deadline - time.monotonic()))
             fresh = source.poll(config.max_events - polled.read, wait_s)
-            if not fresh and polled.read:
-                break  # caught up
+            if fresh:
+                idle_since = time.monotonic()
+            elif polled.read and time.monotonic() - idle_since >= config.idle_poll_ms / 1000:
+                break  # nothing new for idle_poll_ms
             polled.take(fresh, self._validate)
             if polled.read:
                 fault_point("mid_poll")
@@ -298,6 +304,7 @@ class _Polled:
 
     def __init__(self, logged_next: dict[int, int]) -> None:
         self.logged_next = logged_next
+        self.positions = dict(logged_next)  # partition -> next offset to read, polled included
         self.block = Block()
         self.read = 0
         self.checks: list[tuple[int, Future]] = []  # (row of the chunk's first message, result)
@@ -308,6 +315,9 @@ class _Polled:
             return
         partitions = np.asarray(chunk.partitions, dtype=np.int64)
         offsets = np.asarray(chunk.offsets, dtype=np.int64)
+        for partition in np.unique(partitions).tolist():
+            last = int(offsets[partitions == partition].max())
+            self.positions[partition] = max(self.positions.get(partition, 0), last + 1)
         stale = np.zeros(len(chunk), dtype=bool)
         for partition, next_offset in self.logged_next.items():
             stale |= (partitions == partition) & (offsets < next_offset)

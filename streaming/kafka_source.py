@@ -118,6 +118,10 @@ class KafkaPythonSource:
             raise self._failed(error) from None
         return sum(max(0, ends[tp] - logged.get(tp.partition, 0)) for tp in assigned)
 
+    def caught_up(self, positions: dict[int, int]) -> bool:
+        ends = [(tp.partition, self._consumer.highwater(tp)) for tp in self._consumer.assignment()]
+        return bool(ends) and all(end is not None and positions.get(p, 0) >= end for p, end in ends)
+
     def close(self) -> None:
         self._consumer.close(autocommit=False, timeout_ms=self._timeout_ms)
 

@@ -77,4 +77,10 @@ class Source(Protocol):
         """Messages of the assigned partitions past ``logged`` (partition -> next offset)."""
         ...
 
+    def caught_up(self, positions: dict[int, int]) -> bool:
+        """Whether ``positions`` (partition -> next offset) reach the end of every assigned
+        partition as the last fetches reported it. No request: a partition not fetched yet
+        is not caught up."""
+        ...
+
     def close(self) -> None: ...

@@ -102,3 +102,29 @@ def test_each_client_logs_once_dead_letters_and_commits(stack, tmp_path, client)
     assert log.read().num_rows == 31
     assert committed(stack, config.group_id) == log.next_offsets()
     assert more[0][1] + 1 == log.next_offsets()[more[0][0]]
+
+
+def test_a_batch_that_reached_the_partitions_ends_stops_without_an_idle_poll(
+    stack, tmp_path, client
+):
+    """Caught up is read from the ends the fetches reported, so the batch does not wait out
+    ``idle_poll_ms`` (here far longer than the whole test) to learn that nothing more came."""
+    ensure_topics(stack.kafka, stack.topic, 3)
+    values = [
+        json.dumps({"user_id": f"u{n}", "item_id": n, "ts": TS + n}).encode() for n in range(40)
+    ]
+    produce(stack, values)
+    config = ConsumerConfig(
+        topic=stack.topic,
+        group_id=f"caught-up-{client}",
+        client=client,
+        max_wait_s=60,
+        idle_poll_ms=60_000,
+        session_timeout_ms=1_500,
+    )
+    log = InteractionLog(tmp_path / "log")
+    with Ingestor(stack.kafka, config, log) as ingestor:
+        ingestor.join()
+        result = ingestor.batch()
+        assert (result.logged, result.lag) == (40, 0)
+        assert result.seconds < 30  # an idle poll would have taken 60 s
