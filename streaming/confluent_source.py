@@ -18,6 +18,9 @@ except ImportError:  # pragma: no cover - exercised only where the extra is miss
     Consumer = None
 
 
+FETCH_QUEUE_BACKOFF_MS = 10
+
+
 class ConfluentSource:
     """A consumer-group member of ``topic`` reading with confluent-kafka."""
 
@@ -44,6 +47,10 @@ class ConfluentSource:
                 "enable.auto.commit": False,
                 "enable.auto.offset.store": False,
                 "auto.offset.reset": "earliest",
+                # librdkafka pauses a partition's fetches this long whenever its local queue
+                # is over the thresholds (default 1 s): the queue fills while a batch is
+                # validated and logged, and the next batch then stalls. 10 ms: no stall.
+                "fetch.queue.backoff.ms": FETCH_QUEUE_BACKOFF_MS,
                 "session.timeout.ms": session_timeout_ms,
                 "heartbeat.interval.ms": max(100, session_timeout_ms // 3),
                 "max.poll.interval.ms": max(max_poll_interval_ms, session_timeout_ms),
