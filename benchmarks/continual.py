@@ -111,6 +111,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("--steps", type=int, help="most fine-tuning steps per cycle, (a), (b)")
     parser.add_argument("--epochs", type=float, help="passes over a cycle's windows, (a), (b)")
+    parser.add_argument("--replay", type=float, help="replayed windows per new window, (a), (b)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--name", help="result file stem (default: continual[-quick])")
     args = parser.parse_args()
@@ -120,6 +121,8 @@ def main() -> None:
         scale = replace(scale, train_steps=args.steps)
     if args.epochs is not None:
         scale = replace(scale, train_epochs=args.epochs)
+    if args.replay is not None:
+        scale = replace(scale, replay_ratio=args.replay)
     began = time.perf_counter()
     result = {
         "command": " ".join(["benchmarks/continual.py", *sys.argv[1:]]),
