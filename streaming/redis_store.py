@@ -25,7 +25,6 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from json.encoder import encode_basestring_ascii  # type: ignore[attr-defined]
 
 import numpy as np
 import redis
@@ -259,14 +258,23 @@ def _round_trips(hashes, chunk_fields: int, ttl: int) -> Iterator[tuple[list[res
 
 
 def _hsets(key: str, ids: list[str], values: np.ndarray | list[list[str]]) -> list[resp.Packed]:
-    """Vectors as little-endian float32 bytes; lists of ids as JSON (what ``json.dumps``
-    writes, an order of magnitude faster for lists of strings)."""
+    """Vectors as little-endian float32 bytes, lists of ids as JSON."""
     if isinstance(values, np.ndarray):
         rows = np.ascontiguousarray(values, dtype="<f4")
         as_bytes = rows.view(np.uint8).reshape(len(rows), rows.shape[1] * 4)
         return resp.pack_hset_rows(key, ids, as_bytes, FIELDS_PER_HSET)
-    encoded = [b"[%s]" % ", ".join(map(encode_basestring_ascii, r)).encode() for r in values]
+    encoded = [json_list(r) for r in values]
     return [
         resp.pack_hset(key, ids[s : s + FIELDS_PER_HSET], encoded[s : s + FIELDS_PER_HSET])
         for s in range(0, len(ids), FIELDS_PER_HSET)
     ]
+
+
+def json_list(ids: list[str]) -> bytes:
+    """``json.dumps(ids).encode()``, six times faster for the usual ids (printable ASCII
+    without quotes or backslashes: nothing to escape, so joining is encoding)."""
+    inner = '", "'.join(ids)
+    plain = inner.isascii() and inner.isprintable() and "\\" not in inner
+    if plain and inner.count('"') == 2 * (len(ids) - 1):  # no id has a quote of its own
+        return b'["%s"]' % inner.encode()
+    return json.dumps(ids).encode()

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from dataclasses import replace
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from streaming import services
 from streaming.redis_store import (
@@ -15,6 +18,7 @@ from streaming.redis_store import (
     RedisConfig,
     ServingUnavailable,
     Snapshot,
+    json_list,
     publish,
     set_current,
 )
@@ -233,3 +237,11 @@ def test_redis_down_is_serving_unavailable_quickly_and_changes_nothing(config):
         assert time.monotonic() - started < 2
     assert current_version(config) == 1
     assert recommend(config, "alice").version == 1
+
+
+ASCII_IDS = st.from_regex(r"[ -~]*", fullmatch=True)  # printable ASCII, quotes included
+
+
+@given(st.lists(st.one_of(ASCII_IDS, st.text())))
+def test_top_k_lists_are_written_exactly_as_json_dumps_writes_them(ids):
+    assert json_list(ids) == json.dumps(ids).encode()
