@@ -75,8 +75,9 @@ def bootstrap(
         result = train(settings, learner, split, config, progress)
         report = summarise(settings, learner, split, result, "bootstrap", table)
         version = register(settings, learner, report, through)
-        report["published"] = publish_version(settings, learner, data, version)
-        promote(settings, version, through)
+        with settings.registry().serving_lock():  # not halfway through a cycle's promotion
+            report["published"] = publish_version(settings, learner, data, version)
+            promote(settings, version, through)
         report |= {"version": version, "outcome": "published"}
         report["wall_s"] = round(time.perf_counter() - started, 3)
     return report

@@ -239,6 +239,8 @@ def describe_cycle(r: dict[str, Any]) -> str:
         f"cycle {r['outcome']}: read {e.get('read', 0)}, logged {e.get('logged', 0)}, "
         f"dead-lettered {e.get('dead_lettered', 0)}, trained on {e.get('to_train', 0)}"
     )
+    if r["outcome"] == "superseded":
+        return f"{head}\n{r['gate']['superseded']}"
     if r["outcome"] != "published":
         return head
     q = r["prequential"]["all"]

@@ -30,6 +30,7 @@ from stackrec import continual
 from stackrec.continual import CycleConfig, CycleData, Learner, Recommendations
 from stackrec.gate import GateConfig
 from stackrec.loop import CycleOutcome, LoopConfig, learn_cycle
+from stackrec.registry import Registry
 from streaming.consumer import IngestResult, ingest_batch
 from streaming.log import InteractionLog
 from streaming.redis_store import ServingUnavailable, Snapshot, publish
@@ -117,15 +118,35 @@ def _learn(
     with clock("register"):
         version = register(settings, candidate, report, through, fresh)
     report.version = version
+    registry = settings.registry()
     if not outcome.promoted:
-        settings.registry().reject(version, outcome.verdict.reason)
+        registry.reject(version, outcome.verdict.reason)
         report.outcome = "rejected"
         return
-    with clock("publish"):
-        report.published = publish_version(settings, candidate, outcome.data, version)
-    promote(settings, version, through)
+    with registry.serving_lock():  # a bootstrap, transfer or rollback waits, or went first
+        moved = _serving_moved(registry, learner.parent)
+        if moved:
+            registry.reject(version, moved)
+            report.outcome, report.gate["superseded"] = "superseded", moved
+            return
+        with clock("publish"):
+            report.published = publish_version(settings, candidate, outcome.data, version)
+        promote(settings, version, through)
     report.outcome = "published"
     _record_model(settings.model, report, fresh)
+
+
+def _serving_moved(registry: Registry, started_from: int | None) -> str | None:
+    """Why the cycle must not promote (what serves is no longer the model it started from:
+    a bootstrap, transfer, promote or rollback went first), or None."""
+    serving = registry.current()
+    if serving == started_from:
+        return None
+    return (
+        f"superseded: v{serving} started serving during the cycle, which started from "
+        f"{'nothing' if started_from is None else f'v{started_from}'}; the next cycle "
+        f"continues from v{serving}"
+    )
 
 
 # --- tasks: each calls one library function -------------------------------------------------

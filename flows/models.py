@@ -77,7 +77,7 @@ def rollback() -> None:
     registry still names the version readers get)."""
     s = _settings()
     registry = s.registry()
-    with pushed_metrics(s):
+    with pushed_metrics(s), registry.serving_lock():
         target = registry.rollback_target()
         seconds = _point_redis(s, registry, target)
         registry.rollback()
@@ -87,8 +87,9 @@ def rollback() -> None:
 def serve_version(s: Settings, version: int) -> float:
     registry = s.registry()
     registry.meta(version)  # raises if missing
-    seconds = _point_redis(s, registry, version)
-    registry.promote(version)
+    with registry.serving_lock():
+        seconds = _point_redis(s, registry, version)
+        registry.promote(version)
     return seconds
 
 

@@ -99,8 +99,9 @@ def transfer(
         report["mapping"] = {"how": mapping, **item_map.summary()}
         report["target"] = str(target) if target else "log"
         version = scratch.register(settings, learner, report, through)
-        report["published"] = publish_version(settings, learner, data, version)
-        promote_target(settings, version, through, from_log=target is None)
+        with settings.registry().serving_lock():  # not halfway through a cycle's promotion
+            report["published"] = publish_version(settings, learner, data, version)
+            promote_target(settings, version, through, from_log=target is None)
         report |= {"version": version, "outcome": "published"}
         report["wall_s"] = round(time.perf_counter() - started, 3)
     return report

@@ -80,7 +80,7 @@ CYCLE_DURATION = Histogram(
 )
 CYCLES = Counter(
     "stackrec_cycles_total",
-    "Continual cycles by outcome (published, noop, rejected, failed).",
+    "Continual cycles by outcome (published, noop, rejected, superseded, failed).",
     ["model", "outcome"],
     registry=REGISTRY,
 )

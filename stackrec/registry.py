@@ -10,14 +10,23 @@ Layout::
 
 A version directory is assembled under a temporary name and renamed into place, so a crash
 never leaves a half-written version; promotion and rollback rewrite one small file.
+
+Several processes change one registry: the scheduled cycle, an on-demand bootstrap or transfer,
+a person's ``models rollback``. Each holds ``serving_lock()`` (an flock on ``<root>/.lock``)
+while it publishes and promotes, so one never overwrites another's promotion halfway; a cycle
+also checks, under the lock, that what serves is still the model it started from.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +43,17 @@ class Registry:
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
 
+    @contextmanager
+    def serving_lock(self) -> Iterator[None]:
+        """Hold the registry's serving state exclusively, across processes; re-entrant
+        within one process (a flow's tasks may nest it). Blocks while another holds it:
+        holders publish and promote, seconds at most."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        with _held_locks_guard:
+            lock = _held_locks.setdefault(self.root.resolve(), _ProcessLock())
+        with lock.held(self.root / ".lock"):
+            yield
+
     # --- versions --------------------------------------------------------------------------
     def versions(self) -> list[int]:
         if not self.root.exists():
@@ -42,7 +62,10 @@ class Registry:
 
     def save(self, payload: dict[str, Any], meta: dict[str, Any]) -> int:
         """Store a new immutable version (status ``candidate``); returns its number."""
-        self.root.mkdir(parents=True, exist_ok=True)
+        with self.serving_lock():  # two savers must not pick the same number
+            return self._save(payload, meta)
+
+    def _save(self, payload: dict[str, Any], meta: dict[str, Any]) -> int:
         version = (self.versions() or [0])[-1] + 1
         tmp = self.root / f".tmp-v{version:06d}-{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
@@ -127,3 +150,33 @@ def _write_atomically(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(text)
     os.replace(tmp, path)
+
+
+class _ProcessLock:
+    """An flock on a file that threads of one process share and may take again: the first
+    taker locks the file, the last one out unlocks it."""
+
+    def __init__(self) -> None:
+        self._mutex = threading.RLock()
+        self._depth = 0
+        self._handle = None
+
+    @contextmanager
+    def held(self, path: Path) -> Iterator[None]:
+        with self._mutex:
+            if self._depth == 0:
+                self._handle = open(path, "a")  # noqa: SIM115 - closed when the last one leaves
+                fcntl.flock(self._handle, fcntl.LOCK_EX)
+            self._depth += 1
+            try:
+                yield
+            finally:
+                self._depth -= 1
+                if self._depth == 0:
+                    fcntl.flock(self._handle, fcntl.LOCK_UN)
+                    self._handle.close()
+                    self._handle = None
+
+
+_held_locks: dict[Path, _ProcessLock] = {}
+_held_locks_guard = threading.Lock()

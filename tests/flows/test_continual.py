@@ -79,3 +79,38 @@ def test_data_volume_growth_stacks_function_preserving_in_the_loop(stack, prefec
     )
     assert not reports[2]["growth"]["grow"]
     assert settings.registry().meta(2)["growth"]["reason"].startswith("data grew 2.0x")
+
+
+def test_a_cycle_does_not_promote_over_a_version_promoted_while_it_trained(
+    stack, prefect_harness, monkeypatch
+):
+    """A bootstrap (or transfer, or a person) promotes while a cycle trains: the cycle's
+    candidate is kept but rejected as superseded; Redis, the registry and the log cursor keep
+    what the other run set, and the next cycle continues from it."""
+    from flows import cycle
+
+    settings = Settings.load()
+    table = generate(
+        StreamConfig(n_events=4_000, n_users=200, n_items=600, initial_items=0.3, seed=7)
+    )
+    replay_table(settings, table.slice(0, 2_000), progress=False)
+    assert cycle.continual_cycle(overrides=SMALL)["version"] == 1
+    trained = InteractionLog(settings.log_dir).manifest().trained_through
+    registry = settings.registry()
+    learn = cycle.learn
+
+    def learn_while_another_version_is_promoted(*args, **kwargs):
+        outcome = learn(*args, **kwargs)
+        registry.promote(registry.save(registry.load(1), {"parent": None}))  # v2, elsewhere
+        return outcome
+
+    monkeypatch.setattr(cycle, "learn", learn_while_another_version_is_promoted)
+    replay_table(settings, table.slice(2_000, 2_000), progress=False)
+    result = cycle.continual_cycle(overrides=SMALL)
+
+    assert (result["outcome"], result["version"]) == ("superseded", 3)
+    assert "v2 started serving during the cycle" in result["gate"]["superseded"]
+    assert registry.current() == 2
+    assert registry.meta(3)["status"] == "rejected" and "superseded" in registry.meta(3)["reason"]
+    assert current_version(stack.redis) == 1  # the superseded candidate was never published
+    assert InteractionLog(settings.log_dir).manifest().trained_through == trained

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import time
+
 import pytest
 import torch
 
@@ -60,3 +64,27 @@ def test_an_interrupted_save_leaves_no_visible_version(tmp_path):
     (tmp_path / ".tmp-v000001-999").mkdir(parents=True)  # what a crash mid-save leaves
     assert registry.versions() == []
     assert registry.save(payload(1.0), {}) == 1
+
+
+def test_the_serving_lock_excludes_other_processes_and_nests_within_one(tmp_path):
+    """A second process waits for the holder (here ~1 s); inside one process the lock nests,
+    so a flow's task may save while the flow holds it."""
+    registry = Registry(tmp_path)
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from stackrec.registry import Registry\n"
+            f"with Registry({str(tmp_path)!r}).serving_lock():\n"
+            "    print('held', flush=True); time.sleep(1.5)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert holder.stdout.readline().strip() == "held"
+    began = time.monotonic()
+    with registry.serving_lock(), registry.serving_lock():
+        waited = time.monotonic() - began
+        version = registry.save({"w": torch.zeros(1)}, {})
+    holder.wait(timeout=30)
+    assert waited > 0.5 and version == 1
