@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from stackrec.checkpoint import MODELS, from_payload, to_payload
-from stackrec.evaluate import rank_rows
+from stackrec.evaluate import rank_rows, scored_batches
 from stackrec.growth import Decision, Observation
 from stackrec.ranking import next_item_metrics
 from stackrec.recommend import top_k
@@ -191,20 +191,11 @@ def rank_and_loss(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Each target's 1-based rank among all items (see ``rank_rows``) and its next-item
     cross-entropy, from one forward pass."""
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    items = model.item_vectors().to(device)
     ranks, losses = [torch.zeros(0, dtype=torch.long)], [torch.zeros(0)]
-    try:
-        for start in range(0, len(targets), batch_size):
-            scores = model.user_vectors(contexts[start : start + batch_size].to(device)) @ items.T
-            target = targets[start : start + batch_size].to(device)
-            ranks.append(rank_rows(scores, target).cpu())
-            scores[:, 0] = -torch.inf
-            losses.append(F.cross_entropy(scores.float(), target, reduction="none").cpu())
-    finally:
-        model.train(was_training)
+    for _, scores, target in scored_batches(model, contexts, targets, batch_size):
+        ranks.append(rank_rows(scores, target).cpu())
+        scores[:, 0] = -torch.inf
+        losses.append(F.cross_entropy(scores.float(), target, reduction="none").cpu())
     return torch.cat(ranks).numpy(), torch.cat(losses).numpy()
 
 

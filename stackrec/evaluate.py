@@ -7,7 +7,7 @@ items scoring at least as high), so a model that scores everything equally ranks
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -17,7 +17,7 @@ from torch import nn
 from stackrec.ranking import next_item_metrics
 from stackrec.splits import HeldOut
 
-__all__ = ["Protocol", "evaluate_held_out", "next_item_metrics", "rank_targets"]
+__all__ = ["Protocol", "evaluate_held_out", "next_item_metrics", "rank_targets", "scored_batches"]
 
 
 @torch.no_grad()
@@ -42,26 +42,39 @@ def rank_targets(
     n_items = model.config.n_items
     if len(targets) and not (int(targets.min()) >= 1 and int(targets.max()) < n_items):
         raise ValueError(f"targets must be item indices in [1, {n_items}), got {targets.min()}..")
+    ranks = []
+    for start, scores, target in scored_batches(model, contexts, targets, batch_size, device):
+        context = contexts[start : start + batch_size].to(scores.device)
+        masked = context if exclude_history else None
+        if exclude is not None:
+            extra = exclude[start : start + batch_size].to(scores.device)
+            masked = extra if masked is None else torch.cat([masked, extra], dim=1)
+        ranks.append(rank_rows(scores, target, masked).cpu())
+    return torch.cat(ranks).numpy() if ranks else np.zeros(0, dtype=np.int64)
+
+
+def scored_batches(
+    model: nn.Module,
+    contexts: torch.Tensor,
+    targets: torch.Tensor,
+    batch_size: int = 512,
+    device: str | torch.device | None = None,
+) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
+    """``(start, scores [B, n_items], targets [B])`` per batch of contexts: the same dot product
+    serving uses, the model in eval mode (restored after) on ``device`` (default: where it is)."""
     if device is None:
         device = next(model.parameters()).device
     model.to(device)
     was_training = model.training
     model.eval()
-    ranks = []
     try:
         items = model.item_vectors().to(device)
         for start in range(0, len(targets), batch_size):
             context = contexts[start : start + batch_size].to(device)
-            target = targets[start : start + batch_size].to(device)
-            scores = model.user_vectors(context) @ items.T  # [B, n_items]
-            masked = context if exclude_history else None
-            if exclude is not None:
-                extra = exclude[start : start + batch_size].to(device)
-                masked = extra if masked is None else torch.cat([masked, extra], dim=1)
-            ranks.append(rank_rows(scores, target, masked).cpu())
+            scores = model.user_vectors(context) @ items.T
+            yield start, scores, targets[start : start + batch_size].to(device)
     finally:
         model.train(was_training)
-    return torch.cat(ranks).numpy() if ranks else np.zeros(0, dtype=np.int64)
 
 
 def rank_rows(
