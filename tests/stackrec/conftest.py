@@ -5,6 +5,7 @@ Helpers are fixtures (not imports) so the tests run under any pytest import mode
 
 from collections.abc import Callable
 
+import pyarrow as pa
 import pytest
 import torch
 
@@ -63,3 +64,14 @@ def build(kind) -> Callable[..., torch.nn.Module]:
 @pytest.fixture
 def batch() -> Callable[..., torch.Tensor]:
     return make_batch
+
+
+def events_table(rows: list[tuple[str, str, int]]) -> pa.Table:
+    users, items, ts = zip(*rows, strict=True)
+    return pa.table({"user_id": list(users), "item_id": list(items), "ts": list(ts)})
+
+
+@pytest.fixture
+def events() -> Callable[[list[tuple[str, str, int]]], pa.Table]:
+    """An interaction table from ``(user_id, item_id, ts)`` rows."""
+    return events_table

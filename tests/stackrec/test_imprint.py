@@ -3,7 +3,6 @@ it ranks high for them before any gradient step; the holdout and known items sta
 
 from __future__ import annotations
 
-import pyarrow as pa
 import pytest
 import torch
 
@@ -12,13 +11,8 @@ from stackrec.continual import CycleConfig
 from stackrec.registry import Registry
 
 
-def events(rows: list[tuple[str, str, int]]) -> pa.Table:
-    users, items, ts = zip(*rows, strict=True)
-    return pa.table({"user_id": list(users), "item_id": list(items), "ts": list(ts)})
-
-
 @pytest.fixture
-def learner(tmp_path):
+def learner(tmp_path, events):
     torch.manual_seed(0)
     config = CycleConfig(kind="nextitnet", dim=16, blocks=2, max_len=8)
     learner = continual.resume(Registry(tmp_path), config)
@@ -30,7 +24,7 @@ def learner(tmp_path):
 
 
 @pytest.mark.parametrize("kind", ["nextitnet", "sasrec"])
-def test_a_new_item_ranks_first_after_the_context_it_followed(tmp_path, kind):
+def test_a_new_item_ranks_first_after_the_context_it_followed(tmp_path, kind, events):
     torch.manual_seed(0)
     learner = continual.resume(Registry(tmp_path / kind), CycleConfig(kind=kind, dim=16, max_len=8))
     history = events(
@@ -54,7 +48,7 @@ def test_a_new_item_ranks_first_after_the_context_it_followed(tmp_path, kind):
     assert torch.equal(learner.model.item_vectors()[1:-1], known)  # known items untouched
 
 
-def test_nothing_to_imprint_without_new_items_or_from_the_holdout_only(learner):
+def test_nothing_to_imprint_without_new_items_or_from_the_holdout_only(learner, events):
     model, history = learner
     again = events([("u1", "i5", 2_000), ("u1", "i6", 2_001)])
     assert continual.imprint_new_items(model, continual.prepare(model, history, again, 0.0)) == 0

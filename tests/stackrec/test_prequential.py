@@ -6,7 +6,6 @@ from __future__ import annotations
 import math
 
 import numpy as np
-import pyarrow as pa
 import pytest
 import torch
 
@@ -17,13 +16,8 @@ from stackrec.ranking import next_item_metrics
 from stackrec.registry import Registry
 
 
-def events(rows: list[tuple[str, str, int]]) -> pa.Table:
-    users, items, ts = zip(*rows, strict=True)
-    return pa.table({"user_id": list(users), "item_id": list(items), "ts": list(ts)})
-
-
 @pytest.fixture
-def cycle(tmp_path):
+def cycle(tmp_path, events):
     torch.manual_seed(0)
     learner = continual.resume(Registry(tmp_path), CycleConfig(dim=16, blocks=2, max_len=8))
     rng = np.random.default_rng(0)
