@@ -3,6 +3,7 @@ Pushgateway) up, down, and their health."""
 
 from __future__ import annotations
 
+import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
@@ -104,6 +105,8 @@ def up_monitoring(run_dir: Path, config: MonitoringConfig = MonitoringConfig()) 
             if record is None or not services.is_running(record):
                 fresh.append(name)
             started[name] = services.start(name, command, host, port, run_dir, port_setting=setting)
+        for name, record in started.items():  # an open port is not yet a serving Prometheus
+            _wait_http_ready(name, record)
     except services.ServiceError:
         for name in fresh:  # all or nothing: stop what this call started
             services.stop(run_dir, name)
@@ -148,6 +151,19 @@ def health(run_dir: Path, kafka: KafkaConfig, redis_config: RedisConfig) -> dict
 def _address(host_port: tuple[str, int]) -> str:
     host, port = host_port
     return f"{'127.0.0.1' if host in ('0.0.0.0', '') else host}:{port}"
+
+
+def _wait_http_ready(name: str, record: services.ServiceRecord, timeout_s: float = 30.0) -> None:
+    """Until ``/-/ready`` answers 200: Prometheus opens its port, then answers 503 while it
+    loads its TSDB and rules."""
+    deadline = time.monotonic() + timeout_s
+    while not _http_ready(record.host, record.port):
+        if time.monotonic() > deadline:
+            raise services.ServiceError(
+                f"{name} on {record.host}:{record.port} did not become ready in {timeout_s:.0f} s;"
+                f" see {record.log}"
+            )
+        time.sleep(0.1)
 
 
 def _http_ready(host: str, port: int) -> bool:
