@@ -60,7 +60,7 @@ class Settings(BaseSettings):
     dim: int = Field(64, ge=4)
     blocks: int = Field(2, ge=1)
     max_len: int = Field(50, ge=2)
-    lr: float = Field(1e-3, gt=0)
+    lr: float = Field(1e-2, gt=0, description="fine-tuning and bootstrap rate (AdamW)")
     model_kind: str = Field("nextitnet", pattern=r"^(nextitnet|sasrec)$")
     imprint_new_items: bool = Field(True, description="new items start from their contexts")
     replay_ratio: float = Field(0.5, ge=0, description="replayed windows per new window")

@@ -42,7 +42,7 @@ class CycleConfig:
     train_epochs: float | None = 8.0  # passes over the cycle's windows; None: train_steps
     imprint: bool = True  # new items start from the contexts they followed (imprint_new_items)
     batch_size: int = 128
-    lr: float = 1e-3
+    lr: float = 1e-2  # ML-1M, ML-100K, synthetic: 1e-2 learns far more per cycle than 1e-3
     replay_ratio: float = 0.5  # replayed windows per new window, against forgetting
     replay_half_life: float = 0.25  # recency weighting: weight halves per this share of users
     holdout_share: float = 0.1  # latest share of the batch held out for the gate
