@@ -131,19 +131,16 @@ def main() -> None:
     parser.add_argument("--name", help="result file stem (default: continual[-quick])")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    scale = QUICK if args.quick else FULL
-    if args.steps is not None:
-        scale = replace(scale, train_steps=args.steps)
-    if args.epochs is not None:
-        scale = replace(scale, train_epochs=args.epochs)
-    if args.replay is not None:
-        scale = replace(scale, replay_ratio=args.replay)
-    if args.warmup_epochs is not None:
-        scale = replace(scale, warmup_epochs=args.warmup_epochs)
-    if args.lr is not None:
-        scale = replace(scale, lr=args.lr)
-    if args.cycle_lr is not None:
-        scale = replace(scale, cycle_lr=args.cycle_lr)
+    flags = {
+        "train_steps": args.steps,
+        "train_epochs": args.epochs,
+        "replay_ratio": args.replay,
+        "warmup_epochs": args.warmup_epochs,
+        "lr": args.lr,
+        "cycle_lr": args.cycle_lr,
+    }
+    given = {field: value for field, value in flags.items() if value is not None}
+    scale = replace(QUICK if args.quick else FULL, **given)
     began = time.perf_counter()
     result = {
         "command": " ".join(["benchmarks/continual.py", *sys.argv[1:]]),
