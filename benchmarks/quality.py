@@ -37,6 +37,7 @@ It prints one JSON document and a Markdown table, and writes both under benchmar
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import subprocess
 import sys
@@ -71,25 +72,18 @@ class Recipe:
     epochs: int = 20
     patience: int = 5
     seed: int = 0
-    hours: float | None = None  # our training-time budget (RecBole gets the same epoch count)
+    hours: float | None = None  # training-time budget of each side (epochs started before it)
 
 
 # -- ours -------------------------------------------------------------------------------------
-def run_ours(dataset: str, recipe: Recipe, workdir: Path) -> dict:
-    """Train and test our model; also write the data and test targets for the RecBole worker."""
-    import numpy as np
-    import torch
-
-    from stackrec.checkpoint import MODELS
+def prepare(dataset: str, recipe: Recipe, data_dir: Path, workdir: Path):
+    """Read and split the data; write it, and the test targets, for the RecBole worker."""
     from stackrec.datasets import read_interactions
-    from stackrec.evaluate import Protocol, evaluate_held_out
     from stackrec.sequences import Sequences
     from stackrec.splits import leave_one_out
-    from stackrec.train import Schedule, TrainConfig, train_with_validation
     from stackrec.vocab import Vocabulary
 
-    began = time.perf_counter()
-    table = read_interactions(DATASETS / FILES[dataset])
+    table = read_interactions(data_dir / FILES[dataset])
     column = {
         name: table.column(name).to_numpy(zero_copy_only=False) for name in table.column_names
     }
@@ -99,10 +93,22 @@ def run_ours(dataset: str, recipe: Recipe, workdir: Path) -> dict:
     events = (users.lookup(column["user_id"]), items.lookup(column["item_id"]), column["ts"])
     split = leave_one_out(Sequences.from_arrays(*events), recipe.max_len)
     _write_for_recbole(workdir, dataset, events, split.test)
+    return len(items), split
 
+
+def run_ours(n_items: int, split, recipe: Recipe) -> dict:
+    """Train on the split's training windows, stop early on validation, rank the test targets."""
+    import numpy as np
+    import torch
+
+    from stackrec.checkpoint import MODELS
+    from stackrec.evaluate import Protocol, evaluate_held_out
+    from stackrec.train import Schedule, TrainConfig, train_with_validation
+
+    began = time.perf_counter()
     torch.manual_seed(recipe.seed)
     model_cls, config_cls = MODELS[recipe.model]
-    settings = dict(n_items=len(items), dim=recipe.dim, n_blocks=recipe.blocks,
+    settings = dict(n_items=n_items, dim=recipe.dim, n_blocks=recipe.blocks,
                     max_len=recipe.max_len, dropout=recipe.dropout)  # fmt: skip
     if recipe.model == "sasrec":
         settings["n_heads"] = recipe.heads
@@ -128,7 +134,7 @@ def run_ours(dataset: str, recipe: Recipe, workdir: Path) -> dict:
         "s_per_epoch": round(result.train_seconds / epochs, 2),
         "targets_per_s": round(result.targets / result.train_seconds, 1),
         "train_targets_per_epoch": int(result.targets / epochs),
-        "n_items": len(items) - 1,
+        "n_items": n_items - 1,
         "test_users": int(np.asarray(split.test.users).size),
     }
 
@@ -139,15 +145,25 @@ def _write_for_recbole(workdir: Path, dataset: str, events, test) -> None:
     import torch
 
     users, items, ts = events
-    folder = workdir / dataset
+    folder = workdir / recbole_name(dataset)
     folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / f"{dataset}.inter", "w") as out:
+    with open(folder / f"{recbole_name(dataset)}.inter", "w") as out:
         out.write("user_id:token\titem_id:token\ttimestamp:float\n")
         for row in zip(users.tolist(), items.tolist(), ts.tolist(), strict=True):
             out.write("{}\t{}\t{}\n".format(*row))
     torch.save({"contexts": test.contexts, "targets": test.targets, "seen": test.seen},
                workdir / "test.pt")  # fmt: skip
-    np.save(workdir / "n_items.npy", np.array([int(items.max()) + 1]))
+    np.save(workdir / "sizes.npy", np.array([int(items.max()) + 1, len(items)]))
+
+
+def recbole_name(dataset: str) -> str:
+    """Not a name RecBole knows: for "ml-100k" it reads its own bundled copy, whatever data_path
+    says (recbole/config/configurator.py), whose tokens are not our indices."""
+    return f"stackrec-{dataset}"
+
+
+class TimeBudgetSpent(Exception):
+    """Raised before a RecBole epoch that would start after the training-time budget."""
 
 
 # -- RecBole (runs inside /work/recbole-venv) ---------------------------------------------------
@@ -185,7 +201,7 @@ def run_recbole_worker(dataset: str, recipe: Recipe, workdir: Path) -> dict:
     name = {"sasrec": "SASRec", "nextitnet": "NextItNet"}[recipe.model]
     config = Config(
         model=name,
-        dataset=dataset,
+        dataset=recbole_name(dataset),
         config_dict={
             "data_path": str(workdir),
             "USER_ID_FIELD": "user_id",
@@ -205,8 +221,8 @@ def run_recbole_worker(dataset: str, recipe: Recipe, workdir: Path) -> dict:
             "metrics": ["Hit", "NDCG", "MRR"],
             "topk": [10],
             "seed": recipe.seed,
-            "device": "cpu",
-            "use_gpu": False,
+            "device": "cuda" if torch.cuda.is_available() else "cpu",
+            "use_gpu": torch.cuda.is_available(),
             "show_progress": False,
             "checkpoint_dir": str(workdir / "saved"),
             **RECBOLE_CONFIG[recipe.model](recipe),
@@ -214,14 +230,20 @@ def run_recbole_worker(dataset: str, recipe: Recipe, workdir: Path) -> dict:
     )
     init_seed(config["seed"], config["reproducibility"])
     data = create_dataset(config)
+    n_ours, n_events = (int(n) for n in np.load(workdir / "sizes.npy"))
+    if data.inter_num != n_events:
+        raise SystemExit(f"RecBole read {data.inter_num} interactions, not our {n_events}")
     train_data, valid_data, _ = data_preparation(config, data)
     model = get_model(name)(config, train_data.dataset)
     torch.autograd.set_detect_anomaly(False)  # importing its models (sine.py) turned it on
     trainer = get_trainer(config["MODEL_TYPE"], name)(config, model)
     epoch_seconds: list[float] = []
     train_epoch = trainer._train_epoch
+    budget = recipe.hours * 3600 if recipe.hours else float("inf")
 
     def timed_epoch(*args, **kwargs):
+        if sum(epoch_seconds) >= budget:  # the same training-time budget as ours
+            raise TimeBudgetSpent
         began = time.perf_counter()
         out = train_epoch(*args, **kwargs)
         epoch_seconds.append(time.perf_counter() - began)
@@ -229,14 +251,14 @@ def run_recbole_worker(dataset: str, recipe: Recipe, workdir: Path) -> dict:
 
     trainer._train_epoch = timed_epoch
     began = time.perf_counter()
-    trainer.fit(train_data, valid_data, saved=True, show_progress=False)
+    with contextlib.suppress(TimeBudgetSpent):  # the best checkpoint so far is on disk
+        trainer.fit(train_data, valid_data, saved=True, show_progress=False)
     wall = time.perf_counter() - began
     best = torch.load(trainer.saved_model_file, weights_only=False)
     model.load_state_dict(best["state_dict"])
     model.eval()
 
     test = torch.load(workdir / "test.pt")
-    n_ours = int(np.load(workdir / "n_items.npy")[0])
     tokens = [str(i) for i in range(1, n_ours)]
     to_recbole = torch.zeros(n_ours, dtype=torch.long)
     to_recbole[1:] = torch.as_tensor(data.token2id("item_id", tokens))
@@ -269,17 +291,18 @@ def run_recbole_worker(dataset: str, recipe: Recipe, workdir: Path) -> dict:
     }
 
 
-def run_recbole(dataset: str, recipe: Recipe, workdir: Path) -> dict:
-    if not RECBOLE_PYTHON.exists():
-        return {"implementation": "recbole-1.2.1", "error": f"no {RECBOLE_PYTHON}; see docstring"}
+def run_recbole(dataset: str, recipe: Recipe, workdir: Path, python: Path) -> dict:
+    """Run the worker in RecBole's own interpreter; its log goes straight to our stderr."""
+    if not python.exists():
+        return {"implementation": "recbole-1.2.1", "error": f"no {python}; see docstring"}
     script = str(Path(__file__).resolve())
     recipe_json = json.dumps(asdict(recipe))
-    command = [str(RECBOLE_PYTHON), script, "--worker", dataset, recipe_json, str(workdir)]
+    command = [str(python.absolute()), script, "--worker", dataset, recipe_json, str(workdir)]
     # cwd: RecBole writes log/ and log_tensorboard/ into the working directory
-    done = subprocess.run(command, capture_output=True, text=True, check=False, cwd=workdir)
+    done = subprocess.run(command, stdout=subprocess.PIPE, text=True, check=False, cwd=workdir)
     if done.returncode != 0:
-        tail = done.stderr.strip().splitlines()[-5:]
-        return {"implementation": "recbole-1.2.1", "error": " | ".join(tail)}
+        return {"implementation": "recbole-1.2.1", "error": f"worker exited {done.returncode}; "
+                "its log is above"}  # fmt: skip
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
@@ -308,26 +331,35 @@ def markdown(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--datasets", nargs="+", default=["ml-100k", "beauty"], choices=FILES)
     parser.add_argument("--models", nargs="+", default=["sasrec", "nextitnet"],
                         choices=["sasrec", "nextitnet"])  # fmt: skip
+    parser.add_argument("--implementations", nargs="+", default=["ours", "recbole"],
+                        choices=["ours", "recbole"])  # fmt: skip
     parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--patience", type=int, default=5)
     parser.add_argument("--dropout", type=float, default=0.2)
     parser.add_argument("--windows-per-step", type=int, default=128, help="our batch size")
     parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--hours", type=float, help="stop our training after this many hours")
-    parser.add_argument("--skip-recbole", action="store_true")
+    parser.add_argument("--hours", type=float, help="training-time budget of each side")
+    parser.add_argument("--data-dir", type=Path, default=DATASETS)
+    parser.add_argument("--recbole-python", type=Path, default=RECBOLE_PYTHON)
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    parser.add_argument("--merge", nargs="+", type=Path, metavar="JSON",
+                        help="one table of reports of a run split across processes")  # fmt: skip
     parser.add_argument("--worker", nargs=3, help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.worker:
-        dataset, recipe, workdir = args.worker
-        result = run_recbole_worker(dataset, Recipe(**json.loads(recipe)), Path(workdir))
-        print(json.dumps(result))
-        return
-    sys.path.insert(0, str(ROOT))
+    return parser.parse_args()
+
+
+def device_name() -> str:
+    import torch
+
+    return torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+
+
+def run(args: argparse.Namespace) -> dict:
     rows = []
     for dataset in args.datasets:
         for model in args.models:
@@ -336,28 +368,49 @@ def main() -> None:
                 lr=args.lr, windows_per_step=args.windows_per_step, hours=args.hours,
             )  # fmt: skip
             with tempfile.TemporaryDirectory() as tmp:
-                ours = run_ours(dataset, recipe, Path(tmp))
-                rows.append({"dataset": dataset, "model": model, **ours})
-                if not args.skip_recbole:
-                    rows.append({"dataset": dataset, "model": model,
-                                 **run_recbole(dataset, recipe, Path(tmp))})  # fmt: skip
-            print(markdown(rows[-2:]), file=sys.stderr)
-    recipe = Recipe(
-        "*", epochs=args.epochs, patience=args.patience, dropout=args.dropout,
-        lr=args.lr, windows_per_step=args.windows_per_step, hours=args.hours,
-    )  # fmt: skip
-    report = {
-        "recipe": asdict(recipe),
+                n_items, split = prepare(dataset, recipe, args.data_dir, Path(tmp))
+                row = {"dataset": dataset, "model": model, "recipe": asdict(recipe)}
+                if "ours" in args.implementations:
+                    rows.append({**row, **run_ours(n_items, split, recipe)})
+                    print(markdown(rows[-1:]), file=sys.stderr)
+                if "recbole" in args.implementations:
+                    rows.append({**row, **run_recbole(dataset, recipe, Path(tmp),
+                                                      args.recbole_python)})  # fmt: skip
+                    print(markdown(rows[-1:]), file=sys.stderr)
+    return {
         "protocol": "leave-one-out, full ranking, history masked, ties against the target",
+        "device": device_name(),
         "published": PUBLISHED,
         "rows": rows,
     }
-    table = markdown(rows)
-    out = ROOT / "benchmarks" / "results"
-    out.mkdir(parents=True, exist_ok=True)
+
+
+def merged(paths: list[Path]) -> dict:
+    reports = [json.loads(path.read_text()) for path in paths]
+    rows = [row for report in reports for row in report["rows"]]
+    devices = sorted({report.get("device", "cpu") for report in reports})
+    return {
+        **reports[0],
+        "device": ", ".join(devices),
+        "rows": rows,
+        "merged_from": list(map(str, paths)),
+    }
+
+
+def main() -> None:
+    args = parse_args()
+    if args.worker:
+        dataset, recipe, workdir = args.worker
+        result = run_recbole_worker(dataset, Recipe(**json.loads(recipe)), Path(workdir))
+        print(json.dumps(result))
+        return
+    sys.path.insert(0, str(ROOT))
+    report = merged(args.merge) if args.merge else run(args)
+    table = markdown(report["rows"])
+    args.out.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    (out / f"quality-{stamp}.json").write_text(json.dumps(report, indent=2))
-    (out / f"quality-{stamp}.md").write_text(table + "\n")
+    (args.out / f"quality-{stamp}.json").write_text(json.dumps(report, indent=2))
+    (args.out / f"quality-{stamp}.md").write_text(table + "\n")
     print(json.dumps(report, indent=2))
     print(table)
 
