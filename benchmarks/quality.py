@@ -17,9 +17,10 @@ RecBole lives in its own virtualenv, outside the repository (its pins clash with
 ``np.float = np.float_`` and friends at start-up, names numpy 2 removed: the worker puts them
 back first. Under pandas 3 it warns ``ChainedAssignmentError`` at dataset.py:648-650 (an in-place
 ``fillna`` that no longer writes); our data has no missing values, and on a 4,000-event sample
-of ml-100k its figures match those under numpy 1.26 and pandas 2.1.4 to the last digit. The worker names the data set
-``stackrec-<name>``: for "ml-100k" RecBole reads its bundled copy whatever ``data_path`` says, and
-its tokens are not our indices (the worker now checks the interaction count).
+of ml-100k its figures match those under numpy 1.26 and pandas 2.1.4 to the last digit.
+
+The worker names the data set ``stackrec-<name>``: for "ml-100k" RecBole reads its bundled copy
+whatever ``data_path`` says, and its tokens are not our indices (the worker checks the count).
 
 RecBole switches on ``torch.autograd.set_detect_anomaly(True)`` when imported, which slows its
 training several times; the worker switches it off again, so the comparison is fair to it.
