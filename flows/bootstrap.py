@@ -147,7 +147,13 @@ def train(
         result = train_progressively(
             learner.model,
             windows,
-            TrainConfig(lr=settings.lr, batch_size=settings.batch_size, seed=settings.seed),
+            TrainConfig(
+                lr=settings.lr,
+                batch_size=settings.batch_size,
+                seed=settings.seed,
+                loss=settings.loss,
+                sampled_above=settings.sampled_above,
+            ),
             config,
             lambda model: validation_metrics(model, split),
             optimizer_state=learner.optimizer_state,

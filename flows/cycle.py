@@ -310,6 +310,8 @@ def _cycle_config(settings: Settings) -> CycleConfig:
         imprint=settings.imprint_new_items,
         batch_size=settings.batch_size,
         lr=settings.lr,
+        loss=settings.loss,
+        sampled_above=settings.sampled_above,
         top_k=settings.top_k,
         seed=settings.seed,
     )

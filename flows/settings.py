@@ -61,6 +61,10 @@ class Settings(BaseSettings):
     blocks: int = Field(2, ge=1)
     max_len: int = Field(50, ge=2)
     lr: float = Field(1e-2, gt=0, description="fine-tuning and bootstrap rate (AdamW)")
+    loss: str = Field(
+        "auto", pattern=r"^(auto|full|sampled)$", description="auto: sampled past sampled_above"
+    )
+    sampled_above: int = Field(20_000, ge=0, description="items beyond which auto samples")
     model_kind: str = Field("nextitnet", pattern=r"^(nextitnet|sasrec)$")
     imprint_new_items: bool = Field(True, description="new items start from their contexts")
     replay_ratio: float = Field(0.5, ge=0, description="replayed windows per new window")

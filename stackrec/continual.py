@@ -43,6 +43,8 @@ class CycleConfig:
     imprint: bool = True  # new items start from the contexts they followed (imprint_new_items)
     batch_size: int = 128
     lr: float = 1e-2  # ML-1M, ML-100K, synthetic: 1e-2 learns far more per cycle than 1e-3
+    loss: str = "auto"  # full | sampled | auto: sampled above sampled_above items (TrainConfig)
+    sampled_above: int = 20_000
     replay_ratio: float = 0.5  # replayed windows per new window, against forgetting
     replay_half_life: float = 0.25  # recency weighting: weight halves per this share of users
     holdout_share: float = 0.1  # latest share of the batch held out for the gate
@@ -309,11 +311,14 @@ def fine_tune(
         steps = min(steps, math.ceil(config.train_epochs * n_batches))
     if len(windows) == 0 or steps == 0:
         return None
-    trainer = Trainer(
-        learner.model,
-        TrainConfig(lr=config.lr, batch_size=config.batch_size, seed=config.seed),
-        optimizer_state=learner.optimizer_state,
+    settings = TrainConfig(
+        lr=config.lr,
+        batch_size=config.batch_size,
+        seed=config.seed,
+        loss=config.loss,
+        sampled_above=config.sampled_above,
     )
+    trainer = Trainer(learner.model, settings, optimizer_state=learner.optimizer_state)
     # ceil(epochs * n_batches) == steps: the schedule completes, nothing left to resume
     result = trainer.fit(windows, epochs=(steps - 0.5) / n_batches, counted=counted)
     learner.optimizer_state = trainer.optimizer_state()

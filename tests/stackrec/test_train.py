@@ -126,3 +126,15 @@ def test_windows_without_targets_are_refused(build):
     one_item_histories = torch.tensor([[0, 0, 5], [0, 0, 7]])
     with pytest.raises(NoTargetsError, match="2 windows"):
         Trainer(build(), device="cpu").fit(one_item_histories)
+
+
+@pytest.mark.parametrize(
+    ("sampled_above", "same_as"), [(N_ITEMS - 1, "sampled"), (N_ITEMS, "full")]
+)
+def test_auto_loss_samples_only_past_the_catalogue_threshold(sampled_above, same_as, build):
+    def curve(**loss) -> list[float]:
+        config = TrainConfig(batch_size=16, n_negatives=8, **loss)
+        return losses_of(Trainer(build(dropout=0.2), config, device="cpu"), cyclic_windows())
+
+    assert TrainConfig(loss="auto", sampled_above=sampled_above).loss_for(N_ITEMS) == same_as
+    assert curve(loss="auto", sampled_above=sampled_above) == curve(loss=same_as)
