@@ -91,6 +91,7 @@ class Scale:
     lr: float = 1e-2
     cycle_lr: float | None = None  # (a), (b)'s fine-tuning rate (None: lr)
     loss: str = "auto"  # (a), (b)'s loss: full, sampled, or auto (the product's rule)
+    n_negatives: int = 1024  # (a), (b)'s sampled softmax
     retrain_windows: int = 2  # (c) runs on the last N windows; 0: every window
     early_slice: int = 2_000  # events of window 1 watched for forgetting
     publish_users: int = 2_000  # users whose top-K is checked for new items
@@ -128,6 +129,7 @@ def main() -> None:
     parser.add_argument("--lr", type=float, help="every arm's rate (the warm-up's and (c)'s)")
     parser.add_argument("--cycle-lr", type=float, help="(a), (b)'s fine-tuning rate")
     parser.add_argument("--loss", choices=["auto", "full", "sampled"], help="(a), (b)'s loss")
+    parser.add_argument("--negatives", type=int, help="(a), (b)'s sampled-softmax negatives")
     parser.add_argument("--warmup-epochs", type=int, help="epochs of the shared warm-up")
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--name", help="result file stem (default: continual[-quick])")
@@ -141,6 +143,7 @@ def main() -> None:
         "lr": args.lr,
         "cycle_lr": args.cycle_lr,
         "loss": args.loss,
+        "n_negatives": args.negatives,
     }
     given = {field: value for field, value in flags.items() if value is not None}
     scale = replace(QUICK if args.quick else FULL, **given)
@@ -187,6 +190,7 @@ def replay(name: str, table: pa.Table, scale: Scale) -> dict:
         batch_size=scale.batch_size,
         lr=scale.cycle_lr or scale.lr,
         loss=scale.loss,
+        n_negatives=scale.n_negatives,
         publish_users=scale.publish_users,
     )
     growth = LoopConfig(cycle=cycle, max_depth=scale.max_depth)

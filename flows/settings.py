@@ -62,7 +62,7 @@ class Settings(BaseSettings):
     max_len: int = Field(50, ge=2)
     lr: float = Field(1e-2, gt=0, description="fine-tuning and bootstrap rate (AdamW)")
     loss: str = Field(
-        "auto", pattern=r"^(auto|full|sampled)$", description="auto: sampled past sampled_above"
+        "auto", pattern=r"^(auto|full|sampled)$", description="auto: CPU samples past sampled_above"
     )
     sampled_above: int = Field(20_000, ge=0, description="items beyond which auto samples")
     model_kind: str = Field("nextitnet", pattern=r"^(nextitnet|sasrec)$")

@@ -45,6 +45,7 @@ class CycleConfig:
     lr: float = 1e-2  # ML-1M, ML-100K, synthetic: 1e-2 learns far more per cycle than 1e-3
     loss: str = "auto"  # full | sampled | auto: sampled above sampled_above items (TrainConfig)
     sampled_above: int = 20_000
+    n_negatives: int = 1024  # sampled softmax: popularity-sampled negatives shared by a step
     replay_ratio: float = 0.5  # replayed windows per new window, against forgetting
     replay_half_life: float = 0.25  # recency weighting: weight halves per this share of users
     holdout_share: float = 0.1  # latest share of the batch held out for the gate
@@ -317,6 +318,7 @@ def fine_tune(
         seed=config.seed,
         loss=config.loss,
         sampled_above=config.sampled_above,
+        n_negatives=config.n_negatives,
     )
     trainer = Trainer(learner.model, settings, optimizer_state=learner.optimizer_state)
     # ceil(epochs * n_batches) == steps: the schedule completes, nothing left to resume

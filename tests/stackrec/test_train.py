@@ -136,5 +136,7 @@ def test_auto_loss_samples_only_past_the_catalogue_threshold(sampled_above, same
         config = TrainConfig(batch_size=16, n_negatives=8, **loss)
         return losses_of(Trainer(build(dropout=0.2), config, device="cpu"), cyclic_windows())
 
-    assert TrainConfig(loss="auto", sampled_above=sampled_above).loss_for(N_ITEMS) == same_as
+    auto = TrainConfig(loss="auto", sampled_above=sampled_above)
+    assert auto.loss_for(N_ITEMS) == same_as
+    assert auto.loss_for(N_ITEMS, device="cuda") == "full"  # a GPU affords the full softmax
     assert curve(loss="auto", sampled_above=sampled_above) == curve(loss=same_as)
