@@ -33,7 +33,8 @@ on a machine others are using, ``OMP_NUM_THREADS=1`` was several times faster th
         --epochs 200 --patience 8 --dropout 0.5 --windows-per-step 64 --hours 2
 
 On a GPU machine each row can run as its own process (``--implementations ours`` or
-``recbole``, ``--out DIR`` each), and ``--merge DIR/*.json`` prints them as one table.
+``recbole``, ``--out DIR`` each), and ``--merge DIR/*.json`` prints them as one table;
+``benchmarks/quality_parallel.sh OUT`` does both.
 ``--hours`` is each side's training-time budget: no epoch starts after it. ``--no-amp`` trains
 ours in float32 on CUDA, as RecBole does.
 
@@ -141,6 +142,7 @@ def run_ours(n_items: int, split, recipe: Recipe) -> dict:
     epochs = len(result.history)
     return {
         "implementation": "stackrec",
+        "precision": "bf16 autocast" if recipe.amp and torch.cuda.is_available() else "float32",
         "test": test,
         "epochs": epochs,
         "best_epoch": result.best_epoch,
@@ -311,6 +313,7 @@ def run_recbole_worker(dataset: str, recipe: Recipe, workdir: Path) -> dict:
         "targets_per_s": round(targets * len(epoch_seconds) / train_seconds, 1),
         "train_targets_per_epoch": targets,
         "anomaly_detection": "switched off",
+        "precision": "float32",
     }
 
 
@@ -343,9 +346,9 @@ def markdown(rows: list[dict]) -> str:
             continue
         t = row["test"]
         lines.append(
-            f"| {row['dataset']} | {row['model']} | {row['implementation']} | {t['hr@10']:.4f} | "
-            f"{t['ndcg@10']:.4f} | {t['mrr@10']:.4f} | {row['epochs']} | {row['s_per_epoch']} | "
-            f"{row['targets_per_s']} | {row['wall_s']} |"
+            f"| {row['dataset']} | {row['model']} | {row['implementation']}{_precision(row)} | "
+            f"{t['hr@10']:.4f} | {t['ndcg@10']:.4f} | {t['mrr@10']:.4f} | {row['epochs']} | "
+            f"{row['s_per_epoch']} | {row['targets_per_s']} | {row['wall_s']} |"
         )
     for dataset, ref in PUBLISHED.items():
         if any(r["dataset"] == dataset for r in rows):
@@ -420,6 +423,10 @@ def merged(paths: list[Path]) -> dict:
         "rows": rows,
         "merged_from": list(map(str, paths)),
     }
+
+
+def _precision(row: dict) -> str:
+    return " (bf16)" if row.get("precision") == "bf16 autocast" else ""
 
 
 def main() -> None:
