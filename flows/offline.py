@@ -89,7 +89,7 @@ def train(
     batch_size: Annotated[int, typer.Option(min=1, help="windows per step")] = 128,
     dropout: Annotated[float, typer.Option(min=0.0, max=0.99)] = 0.2,
     heads: Annotated[int, typer.Option(min=1, help="SASRec attention heads")] = 1,
-    loss: Annotated[str, typer.Option(help="full|sampled")] = "full",
+    loss: Annotated[str, typer.Option(help="full|sampled|auto")] = "full",
     negatives: Annotated[int, typer.Option(min=1, help="sampled softmax negatives")] = 1024,
     split: Annotated[SplitKind, typer.Option(help="loo|time")] = SplitKind.loo,
     seed: Annotated[int, typer.Option(help="seeds init, shuffling, dropout")] = 0,

@@ -43,7 +43,7 @@ class CycleConfig:
     imprint: bool = True  # new items start from the contexts they followed (imprint_new_items)
     batch_size: int = 128
     lr: float = 1e-2  # ML-1M, ML-100K, synthetic: 1e-2 learns far more per cycle than 1e-3
-    loss: str = "auto"  # full | sampled | auto: sampled above sampled_above items (TrainConfig)
+    loss: str = "auto"  # full | sampled | auto: on a CPU, sampled past sampled_above items
     sampled_above: int = 20_000
     n_negatives: int = 1024  # sampled softmax: popularity-sampled negatives shared by a step
     replay_ratio: float = 0.5  # replayed windows per new window, against forgetting
