@@ -91,7 +91,7 @@ class Scale:
     lr: float = 1e-2
     cycle_lr: float | None = None  # (a), (b)'s fine-tuning rate (None: lr)
     loss: str = "auto"  # (a), (b)'s loss: full, sampled, or auto (the product's rule)
-    n_negatives: int = 1024  # (a), (b)'s sampled softmax
+    n_negatives: int = 2048  # (a), (b)'s sampled softmax (the product's default)
     retrain_windows: int = 2  # (c) runs on the last N windows; 0: every window
     early_slice: int = 2_000  # events of window 1 watched for forgetting
     publish_users: int = 2_000  # users whose top-K is checked for new items

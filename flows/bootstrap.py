@@ -153,6 +153,7 @@ def train(
                 seed=settings.seed,
                 loss=settings.loss,
                 sampled_above=settings.sampled_above,
+                n_negatives=settings.negatives,
             ),
             config,
             lambda model: validation_metrics(model, split),

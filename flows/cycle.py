@@ -312,6 +312,7 @@ def _cycle_config(settings: Settings) -> CycleConfig:
         lr=settings.lr,
         loss=settings.loss,
         sampled_above=settings.sampled_above,
+        n_negatives=settings.negatives,
         top_k=settings.top_k,
         seed=settings.seed,
     )

@@ -65,6 +65,7 @@ class Settings(BaseSettings):
         "auto", pattern=r"^(auto|full|sampled)$", description="auto: CPU samples past sampled_above"
     )
     sampled_above: int = Field(20_000, ge=0, description="items beyond which auto samples")
+    negatives: int = Field(2048, ge=1, description="sampled softmax: negatives per step")
     model_kind: str = Field("nextitnet", pattern=r"^(nextitnet|sasrec)$")
     imprint_new_items: bool = Field(True, description="new items start from their contexts")
     replay_ratio: float = Field(0.5, ge=0, description="replayed windows per new window")

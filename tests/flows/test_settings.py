@@ -179,9 +179,9 @@ def test_the_cycle_loss_is_a_setting(env):
     from flows.cycle import _cycle_config
 
     assert (_cycle_config(Settings.load()).loss, Settings.load().sampled_above) == ("auto", 20_000)
-    env(loss="sampled", sampled_above="5000")
+    env(loss="sampled", sampled_above="5000", negatives="512")
     config = _cycle_config(Settings.load())
-    assert (config.loss, config.sampled_above) == ("sampled", 5000)
+    assert (config.loss, config.sampled_above, config.n_negatives) == ("sampled", 5000, 512)
     env(loss="softmax")
     with pytest.raises(SettingsError, match=r"^STACKREC_LOSS: String should match"):
         Settings.load()
