@@ -42,7 +42,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from stackrec import continual  # noqa: E402
-from stackrec.checkpoint import MODELS  # noqa: E402
+from stackrec.checkpoint import new_model  # noqa: E402
 from stackrec.continual import CycleConfig, Learner  # noqa: E402
 from stackrec.datasets import read_interactions  # noqa: E402
 from stackrec.evaluate import rank_targets  # noqa: E402
@@ -136,6 +136,7 @@ def main() -> None:
     parser.add_argument("--name", help="result file stem (default: continual[-quick])")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    torch.manual_seed(0)  # torch 2.13 seeds its global generator at random in each process
     flags = {
         "train_steps": args.steps,
         "train_epochs": args.epochs,
@@ -328,9 +329,8 @@ def early_slice(data, n: int, max_len: int) -> EarlySlice:
 
 def retrain(events: pa.Table, depth: int, cycle: CycleConfig, epochs: int) -> tuple[Learner, dict]:
     """A model from scratch on ``events`` at ``depth``: ``epochs`` full passes."""
-    model_cls, config_cls = MODELS[cycle.kind]
-    shape = config_cls(n_items=2, dim=cycle.dim, n_blocks=depth, max_len=cycle.max_len)
-    learner = Learner(model_cls(shape), Vocabulary())
+    shape = dict(n_items=2, dim=cycle.dim, n_blocks=depth, max_len=cycle.max_len)
+    learner = Learner(new_model(cycle.kind, cycle.seed, **shape), Vocabulary())
     data = continual.prepare(learner, events.schema.empty_table(), events, holdout_share=0.0)
     windows = data.sequences.windows(cycle.max_len)
     trainer = Trainer(
@@ -355,7 +355,7 @@ def retrain(events: pa.Table, depth: int, cycle: CycleConfig, epochs: int) -> tu
 
 def epoch_targets(events: pa.Table, max_len: int) -> int:
     """Next-item targets in one pass over ``events`` (what a retrain processes per epoch)."""
-    learner = Learner(MODELS["nextitnet"][0](MODELS["nextitnet"][1](n_items=2)), Vocabulary())
+    learner = Learner(new_model("nextitnet", 0, n_items=2), Vocabulary())
     data = continual.prepare(learner, events.schema.empty_table(), events, holdout_share=0.0)
     return int(target_mask(data.sequences.windows(max_len)).sum())
 

@@ -29,7 +29,7 @@ from flows.cycle import promote, publish_version
 from flows.pushed import pushed_metrics
 from flows.settings import Settings
 from stackrec import continual
-from stackrec.checkpoint import MODELS
+from stackrec.checkpoint import new_model
 from stackrec.continual import CycleData, Learner
 from stackrec.evaluate import Protocol, evaluate_held_out
 from stackrec.growth import Observation
@@ -106,9 +106,8 @@ def read_whole_log(settings: Settings) -> tuple[pa.Table, int]:
 
 def fresh_learner(settings: Settings, depth: int) -> Learner:
     """An untrained model of the settings' kind and width, ``depth`` blocks deep."""
-    model_cls, config_cls = MODELS[settings.model_kind]
-    shape = config_cls(n_items=2, dim=settings.dim, n_blocks=depth, max_len=settings.max_len)
-    return Learner(model_cls(shape), Vocabulary())
+    shape = dict(n_items=2, dim=settings.dim, n_blocks=depth, max_len=settings.max_len)
+    return Learner(new_model(settings.model_kind, settings.seed, **shape), Vocabulary())
 
 
 @task(**_LOCAL)

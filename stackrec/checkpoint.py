@@ -26,6 +26,16 @@ MODELS: dict[str, tuple[type[nn.Module], type]] = {
 _REQUIRED = ("format", "kind", "config", "state_dict", "vocab")
 
 
+def new_model(kind: str, seed: int, **shape) -> nn.Module:
+    """An untrained model of ``kind`` whose weights depend on ``seed`` alone: without it each
+    process started from other random weights (the global generator's state varies), and
+    runs with the same settings disagreed by up to 20% NDCG@10. The caller's RNG is untouched."""
+    model_cls, config_cls = MODELS[kind]
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return model_cls(config_cls(**shape))
+
+
 class CheckpointError(ValueError):
     """A payload that cannot be turned back into the model it claims to be."""
 

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from stackrec.checkpoint import MODELS, from_payload, to_payload
+from stackrec.checkpoint import from_payload, new_model, to_payload
 from stackrec.evaluate import rank_rows, scored_batches
 from stackrec.growth import Decision, Observation
 from stackrec.ranking import next_item_metrics
@@ -93,11 +93,8 @@ def resume(registry: Registry, config: CycleConfig) -> Learner:
     """The serving version, or a fresh model when the registry has none."""
     version = registry.current()
     if version is None:
-        model_cls, config_cls = MODELS[config.kind]
-        shape = config_cls(
-            n_items=2, dim=config.dim, n_blocks=config.blocks, max_len=config.max_len
-        )
-        return Learner(model_cls(shape), Vocabulary())
+        shape = dict(n_items=2, dim=config.dim, n_blocks=config.blocks, max_len=config.max_len)
+        return Learner(new_model(config.kind, config.seed, **shape), Vocabulary())
     return resume_version(registry, version)
 
 

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from stackrec.checkpoint import CheckpointError, from_payload, to_payload
+from stackrec.checkpoint import CheckpointError, from_payload, new_model, to_payload
 from stackrec.train import TrainConfig, Trainer
 from stackrec.vocab import PAD, Vocabulary
 
@@ -74,3 +74,23 @@ def test_missing_keys_format_and_config_are_checked(build):
         from_payload({**payload, "config": {**payload["config"], "n_heads_typo": 2}})
     with pytest.raises(CheckpointError, match="not a dict"):
         from_payload(["not", "a", "payload"])
+
+
+@pytest.mark.parametrize("kind", ["nextitnet", "sasrec"])
+def test_a_new_model_depends_on_its_seed_alone(kind):
+    shape = {"n_items": 30, "dim": 16, "n_blocks": 2, "max_len": 12}
+    torch.manual_seed(1)
+    first = new_model(kind, 7, **shape)
+    torch.manual_seed(2)  # whatever the global generator holds
+    second = new_model(kind, 7, **shape)
+    for a, b in zip(first.state_dict().values(), second.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+    assert not torch.equal(new_model(kind, 8, **shape).embedding.weight, first.embedding.weight)
+
+
+def test_a_new_model_leaves_the_callers_generator_alone():
+    torch.manual_seed(1)
+    expected = torch.rand(3)
+    torch.manual_seed(1)
+    new_model("nextitnet", 7, n_items=30)
+    assert torch.equal(torch.rand(3), expected)
