@@ -119,7 +119,9 @@ def prepare(
     before = len(learner.vocab)
     learner.vocab.add(fresh.column("item_id").to_pylist())
     if len(learner.vocab) > learner.model.config.n_items:
-        learner.model.grow_items(len(learner.vocab))
+        with torch.random.fork_rng(devices=[]):  # new rows depend on the log, not the process
+            torch.manual_seed(learner.model.config.n_items)
+            learner.model.grow_items(len(learner.vocab))
     columns = ["user_id", "item_id", "ts"]
     events = pa.concat_tables([history.select(columns), fresh.select(columns)])
     encoded = pc.dictionary_encode(events.column("user_id")).combine_chunks()

@@ -57,3 +57,14 @@ def test_nothing_to_imprint_without_new_items_or_from_the_holdout_only(learner, 
     before = model.model.item_vectors().detach().clone()
     assert continual.imprint_new_items(model, data) == 0
     assert torch.equal(model.model.item_vectors(), before)
+
+
+def test_new_item_rows_do_not_depend_on_the_global_generator(tmp_path, events):
+    def grown(seed: int) -> torch.Tensor:
+        torch.manual_seed(seed)
+        learner = continual.resume(Registry(tmp_path / str(seed)), CycleConfig(dim=16, max_len=8))
+        batch = events([("u1", "i1", 1), ("u1", "i2", 2), ("u2", "i3", 3)])
+        continual.prepare(learner, batch.schema.empty_table(), batch, holdout_share=0.0)
+        return learner.model.item_vectors().detach()
+
+    assert torch.equal(grown(1), grown(2))
