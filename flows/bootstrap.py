@@ -25,7 +25,7 @@ from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 from tqdm import tqdm
 
-from flows.cycle import promote, publish_version
+from flows.cycle import cycle_config, promote, publish_version
 from flows.pushed import pushed_metrics
 from flows.settings import Settings
 from stackrec import continual
@@ -42,7 +42,7 @@ from stackrec.progressive import (
     train_progressively,
 )
 from stackrec.splits import Split, leave_one_out
-from stackrec.train import NoTargetsError, TrainConfig
+from stackrec.train import NoTargetsError
 from stackrec.transfer import TransferError
 from stackrec.vocab import Vocabulary
 from streaming.log import InteractionLog
@@ -146,14 +146,7 @@ def train(
         result = train_progressively(
             learner.model,
             windows,
-            TrainConfig(
-                lr=settings.lr,
-                batch_size=settings.batch_size,
-                seed=settings.seed,
-                loss=settings.loss,
-                sampled_above=settings.sampled_above,
-                n_negatives=settings.negatives,
-            ),
+            cycle_config(settings).train_config(),
             config,
             lambda model: validation_metrics(model, split),
             optimizer_state=learner.optimizer_state,

@@ -162,7 +162,7 @@ def ingest(settings: Settings, clock: _StageClock) -> IngestResult:
 
 @task(**_LOCAL)
 def load_learner(settings: Settings) -> Learner:
-    return continual.resume(settings.registry(), _cycle_config(settings))
+    return continual.resume(settings.registry(), cycle_config(settings))
 
 
 @task(**_LOCAL)
@@ -207,7 +207,7 @@ def register(
 def publish_version(
     settings: Settings, learner: Learner, data: CycleData, version: int
 ) -> dict[str, Any]:
-    recs = continual.recommendations(learner, data, _cycle_config(settings))
+    recs = continual.recommendations(learner, data, cycle_config(settings))
     snapshot = snapshot_of(version, recs, {"model": settings.model, "depth": learner.model.depth})
     redis = settings.redis()
     started = time.perf_counter()
@@ -276,7 +276,7 @@ class _StageClock:
 
 def _loop_config(settings: Settings) -> LoopConfig:
     return LoopConfig(
-        cycle=_cycle_config(settings),
+        cycle=cycle_config(settings),
         growth_policy=settings.growth_policy,
         growth_factor=settings.growth_factor,
         max_depth=settings.max_depth,
@@ -297,7 +297,7 @@ def _record_decisions(model: str, outcome: CycleOutcome) -> None:
     metrics.GATE_DECISIONS.labels(model, "promoted" if outcome.promoted else "rejected").inc()
 
 
-def _cycle_config(settings: Settings) -> CycleConfig:
+def cycle_config(settings: Settings) -> CycleConfig:
     return CycleConfig(
         kind=settings.model_kind,
         replay_ratio=settings.replay_ratio,

@@ -57,6 +57,17 @@ class CycleConfig:
     popular_k: int = 100  # fallback list for users the version does not know
     seed: int = 0
 
+    def train_config(self) -> TrainConfig:
+        """The trainer's settings: a cycle fine-tunes with them, and bootstrap trains with them."""
+        return TrainConfig(
+            lr=self.lr,
+            batch_size=self.batch_size,
+            seed=self.seed,
+            loss=self.loss,
+            sampled_above=self.sampled_above,
+            n_negatives=self.n_negatives,
+        )
+
 
 @dataclass
 class Learner:
@@ -314,15 +325,7 @@ def fine_tune(
         steps = min(steps, math.ceil(config.train_epochs * n_batches))
     if len(windows) == 0 or steps == 0:
         return None
-    settings = TrainConfig(
-        lr=config.lr,
-        batch_size=config.batch_size,
-        seed=config.seed,
-        loss=config.loss,
-        sampled_above=config.sampled_above,
-        n_negatives=config.n_negatives,
-    )
-    trainer = Trainer(learner.model, settings, optimizer_state=learner.optimizer_state)
+    trainer = Trainer(learner.model, config.train_config(), optimizer_state=learner.optimizer_state)
     # ceil(epochs * n_batches) == steps: the schedule completes, nothing left to resume
     result = trainer.fit(windows, epochs=(steps - 0.5) / n_batches, counted=counted)
     learner.optimizer_state = trainer.optimizer_state()

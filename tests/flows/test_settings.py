@@ -168,19 +168,19 @@ def test_an_unknown_kafka_client_names_the_variable(env):
 
 
 def test_imprinting_can_be_switched_off(env):
-    from flows.cycle import _cycle_config
+    from flows.cycle import cycle_config
 
     env(imprint_new_items="false")
-    assert _cycle_config(Settings.load()).imprint is False
-    assert _cycle_config(Settings.load(imprint_new_items=True)).imprint is True
+    assert cycle_config(Settings.load()).imprint is False
+    assert cycle_config(Settings.load(imprint_new_items=True)).imprint is True
 
 
 def test_the_cycle_loss_is_a_setting(env):
-    from flows.cycle import _cycle_config
+    from flows.cycle import cycle_config
 
-    assert (_cycle_config(Settings.load()).loss, Settings.load().sampled_above) == ("auto", 20_000)
+    assert (cycle_config(Settings.load()).loss, Settings.load().sampled_above) == ("auto", 20_000)
     env(loss="sampled", sampled_above="5000", negatives="512")
-    config = _cycle_config(Settings.load())
+    config = cycle_config(Settings.load())
     assert (config.loss, config.sampled_above, config.n_negatives) == ("sampled", 5000, 512)
     env(loss="softmax")
     with pytest.raises(SettingsError, match=r"^STACKREC_LOSS: String should match"):
