@@ -5,12 +5,15 @@ Helpers are fixtures (not imports) so the tests run under any pytest import mode
 
 from collections.abc import Callable
 
+import numpy as np
 import pyarrow as pa
 import pytest
 import torch
 
 from stackrec.nextitnet import NextItNet, NextItNetConfig
 from stackrec.sasrec import SASRec, SASRecConfig
+from stackrec.sequences import Sequences
+from stackrec.train import Trainer
 
 # The models here are tiny: a second intra-op thread buys nothing, and on a shared two-core
 # machine its barrier waits made these tests ten times slower.
@@ -75,3 +78,30 @@ def events_table(rows: list[tuple[str, str, int]]) -> pa.Table:
 def events() -> Callable[[list[tuple[str, str, int]]], pa.Table]:
     """An interaction table from ``(user_id, item_id, ts)`` rows."""
     return events_table
+
+
+def cyclic_windows(n_users: int = 40, length: int = 9, max_len: int = 8) -> torch.Tensor:
+    """Histories where item i is always followed by i + 1 (mod 29): a pattern to learn."""
+    n_items = SMALL["n_items"]
+    starts = np.arange(n_users) % (n_items - 1)
+    items = (starts[:, None] + np.arange(length)) % (n_items - 1) + 1
+    users = np.repeat(np.arange(n_users), length)
+    ts = np.tile(np.arange(length), n_users)
+    return Sequences.from_arrays(users, items.ravel(), ts).windows(max_len)
+
+
+@pytest.fixture
+def cyclic() -> Callable[..., torch.Tensor]:
+    return cyclic_windows
+
+
+def losses_of(trainer: Trainer, windows: torch.Tensor, **fit) -> list[float]:
+    """The loss of every step of ``trainer.fit(windows, **fit)``."""
+    losses: list[float] = []
+    trainer.fit(windows, on_step=lambda step, loss: losses.append(loss), **fit)
+    return losses
+
+
+@pytest.fixture
+def losses() -> Callable[..., list[float]]:
+    return losses_of
