@@ -50,7 +50,7 @@ from stackrec.growth import Observation  # noqa: E402
 from stackrec.loop import LoopConfig, learn_cycle  # noqa: E402
 from stackrec.recommend import top_k  # noqa: E402
 from stackrec.registry import Registry  # noqa: E402
-from stackrec.train import TrainConfig, Trainer, target_mask  # noqa: E402
+from stackrec.train import LR_SCHEDULES, TrainConfig, Trainer, target_mask  # noqa: E402
 from stackrec.vocab import Vocabulary  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "datasets"
@@ -89,6 +89,8 @@ class Scale:
     # (and 0.1080 at 3e-3).
     lr: float = 1e-2
     cycle_lr: float | None = None  # (a), (b)'s fine-tuning rate (None: lr)
+    lr_schedule: str = "constant"  # (a), (b)'s rate within a cycle: constant or cosine
+    retrain_schedule: str = "constant"  # the warm-up's and (c)'s, over their whole run
     loss: str = "auto"  # (a), (b)'s loss: full, sampled, or auto (the product's rule)
     n_negatives: int = 2048  # (a), (b)'s sampled softmax (the product's default)
     retrain_windows: int = 2  # (c) runs on the last N windows; 0: every window
@@ -129,6 +131,8 @@ def main() -> None:
     parser.add_argument("--replay", type=float, help="replayed windows per new window, (a), (b)")
     parser.add_argument("--lr", type=float, help="every arm's rate (the warm-up's and (c)'s)")
     parser.add_argument("--cycle-lr", type=float, help="(a), (b)'s fine-tuning rate")
+    parser.add_argument("--schedule", choices=LR_SCHEDULES, help="(a), (b)'s rate in a cycle")
+    parser.add_argument("--retrain-schedule", choices=LR_SCHEDULES, help="warm-up's and (c)'s")
     parser.add_argument("--loss", choices=["auto", "full", "sampled"], help="(a), (b)'s loss")
     parser.add_argument("--negatives", type=int, help="(a), (b)'s sampled-softmax negatives")
     parser.add_argument("--warmup-epochs", type=int, help="epochs of the shared warm-up")
@@ -144,6 +148,8 @@ def main() -> None:
         "warmup_epochs": args.warmup_epochs,
         "lr": args.lr,
         "cycle_lr": args.cycle_lr,
+        "lr_schedule": args.schedule,
+        "retrain_schedule": args.retrain_schedule,
         "loss": args.loss,
         "n_negatives": args.negatives,
     }
@@ -191,6 +197,7 @@ def replay(name: str, table: pa.Table, scale: Scale) -> dict:
         replay_ratio=scale.replay_ratio,
         batch_size=scale.batch_size,
         lr=scale.cycle_lr or scale.lr,
+        lr_schedule=scale.lr_schedule,
         loss=scale.loss,
         n_negatives=scale.n_negatives,
         publish_users=scale.publish_users,
@@ -198,7 +205,7 @@ def replay(name: str, table: pa.Table, scale: Scale) -> dict:
     growth = LoopConfig(cycle=cycle, max_depth=scale.max_depth)
     flat = replace(growth, growth_policy="none")
     epochs = scale.retrain_epochs[name]
-    from_scratch = replace(cycle, lr=scale.lr)
+    from_scratch = replace(cycle, lr=scale.lr, lr_schedule=scale.retrain_schedule)
     warm, warm_fit = retrain(
         table.slice(0, bounds[1]), scale.blocks, from_scratch, scale.warmup_epochs or epochs
     )
@@ -312,9 +319,9 @@ def paired_drop(base: np.ndarray, now: np.ndarray) -> tuple[float, float]:
     """Relative NDCG@10 drop from ``base`` to ``now`` on the same events, and its standard
     error: pairing removes the events' own spread, which dwarfs a few percent of drift."""
     both = ~np.isnan(base) & ~np.isnan(now)
-    mean = base[both].mean()
-    if not both.any() or mean == 0:
+    if both.sum() < 2 or base[both].mean() == 0:
         return float("nan"), float("nan")
+    mean = base[both].mean()
     diff = base[both] - now[both]
     return float(diff.mean() / mean), float(diff.std(ddof=1) / np.sqrt(both.sum()) / mean)
 
@@ -333,9 +340,10 @@ def retrain(events: pa.Table, depth: int, cycle: CycleConfig, epochs: int) -> tu
     learner = Learner(new_model(cycle.kind, cycle.seed, **shape), Vocabulary())
     data = continual.prepare(learner, events.schema.empty_table(), events, holdout_share=0.0)
     windows = data.sequences.windows(cycle.max_len)
-    trainer = Trainer(
-        learner.model, TrainConfig(lr=cycle.lr, batch_size=cycle.batch_size, seed=cycle.seed)
+    config = TrainConfig(
+        lr=cycle.lr, lr_schedule=cycle.lr_schedule, batch_size=cycle.batch_size, seed=cycle.seed
     )
+    trainer = Trainer(learner.model, config)
     fit = trainer.fit(windows, epochs=epochs)
     learner.model, learner.optimizer_state = trainer.model.cpu(), trainer.optimizer_state()
     learner.lineage = {

@@ -43,6 +43,7 @@ class CycleConfig:
     imprint: bool = True  # new items start from the contexts they followed (imprint_new_items)
     batch_size: int = 128
     lr: float = 1e-2  # ML-1M, ML-100K, synthetic: 1e-2 learns far more per cycle than 1e-3
+    lr_schedule: str = "constant"  # or "cosine": anneal to lr * 0.1 over each cycle's steps
     loss: str = "auto"  # full | sampled | auto: on a CPU, sampled past sampled_above items
     sampled_above: int = 20_000
     # Sampled softmax's popularity-sampled negatives per step. Beauty (25,682 items, 2 cores):
@@ -61,6 +62,7 @@ class CycleConfig:
         """The trainer's settings: a cycle fine-tunes with them, and bootstrap trains with them."""
         return TrainConfig(
             lr=self.lr,
+            lr_schedule=self.lr_schedule,
             batch_size=self.batch_size,
             seed=self.seed,
             loss=self.loss,

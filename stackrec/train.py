@@ -24,6 +24,7 @@ from stackrec.losses import full_cross_entropy, sampled_softmax
 from stackrec.stacking import source_name
 
 LOSSES = ("full", "sampled", "auto")
+LR_SCHEDULES = ("constant", "cosine")
 
 
 def default_device() -> str:
@@ -33,6 +34,10 @@ def default_device() -> str:
 @dataclass(frozen=True)
 class TrainConfig:
     lr: float = 1e-3
+    # "cosine": each fit() anneals from lr down to lr * lr_floor over its steps, so a bounded
+    # fine-tuning cycle ends at a settled model rather than wherever a high constant rate left it
+    lr_schedule: str = "constant"
+    lr_floor: float = 0.1
     weight_decay: float = 0.0  # AdamW's decoupled decay, on every parameter
     batch_size: int = 128  # windows per step
     max_grad_norm: float | None = 5.0  # None: no clipping
@@ -46,6 +51,10 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.loss not in LOSSES:
             raise ValueError(f"loss={self.loss!r}; expected one of {LOSSES}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"lr_schedule={self.lr_schedule!r}; expected one of {LR_SCHEDULES}")
+        if not 0.0 <= self.lr_floor <= 1.0:
+            raise ValueError(f"lr_floor={self.lr_floor} must lie in [0, 1]")
         if self.sampling not in ("popularity", "uniform"):
             raise ValueError(f"sampling={self.sampling!r}; expected 'popularity' or 'uniform'")
         if self.batch_size < 1 or self.n_negatives < 1 or self.lr <= 0:
@@ -133,6 +142,7 @@ class Trainer:
             batch = windows[rows]
             mask = target_mask(batch, None if counted is None else counted[rows])
             count = int(mask.sum())
+            self._set_rate(position, total)
             loss = self._learn(batch.to(self.device), mask.to(self.device), log_q) if count else 0.0
             loss_sum, n_targets, steps = loss_sum + loss * count, n_targets + count, steps + 1
             self.position = position + 1
@@ -155,6 +165,16 @@ class Trainer:
         self.optimizer.step()
         self.step += 1
         return float(loss.detach())
+
+    def _set_rate(self, position: int, total: int) -> None:
+        """The learning rate at step ``position`` of a ``total``-step fit() schedule: a function
+        of the position alone, so a resumed schedule follows the uninterrupted one."""
+        rate = self.config.lr
+        if self.config.lr_schedule == "cosine" and total > 1:
+            floor = rate * self.config.lr_floor
+            rate = floor + (rate - floor) * 0.5 * (1.0 + math.cos(math.pi * position / (total - 1)))
+        for group in self.optimizer.param_groups:
+            group["lr"] = rate
 
     def _loss(self, hidden: torch.Tensor, targets: torch.Tensor, log_q: torch.Tensor | None):
         vectors = self.model.item_vectors()

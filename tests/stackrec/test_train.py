@@ -1,32 +1,22 @@
 """Training: it learns, it is deterministic, it resumes exactly, it carries state across growth."""
 
 import io
+import itertools
 
-import numpy as np
 import pytest
 import torch
 
 from stackrec.checkpoint import from_payload, to_payload
 from stackrec.evaluate import next_item_metrics, rank_targets
-from stackrec.sequences import Sequences
 from stackrec.train import NoTargetsError, TrainConfig, Trainer
 from stackrec.vocab import Vocabulary
 
 N_ITEMS = 30  # n_items of the small models that conftest builds
 
 
-def cyclic_windows(n_users: int = 40, length: int = 9, max_len: int = 8) -> torch.Tensor:
-    """Histories where item i is always followed by i + 1 (mod 29): a pattern to learn."""
-    starts = np.arange(n_users) % (N_ITEMS - 1)
-    items = (starts[:, None] + np.arange(length)) % (N_ITEMS - 1) + 1
-    users = np.repeat(np.arange(n_users), length)
-    ts = np.tile(np.arange(length), n_users)
-    return Sequences.from_arrays(users, items.ravel(), ts).windows(max_len)
-
-
-def test_training_learns_a_deterministic_successor(build):
+def test_training_learns_a_deterministic_successor(build, cyclic):
     model = build(dropout=0.0)
-    windows = cyclic_windows()
+    windows = cyclic()
     result = Trainer(model, TrainConfig(lr=1e-2, batch_size=16), device="cpu").fit(
         windows, epochs=15
     )
@@ -36,8 +26,8 @@ def test_training_learns_a_deterministic_successor(build):
     assert next_item_metrics(ranks, ks=(1,))["hr@1"] > 0.9
 
 
-def test_only_counted_targets_carry_the_loss(build):
-    windows = cyclic_windows(n_users=8)
+def test_only_counted_targets_carry_the_loss(build, cyclic):
+    windows = cyclic(n_users=8)
     counted = torch.zeros(len(windows), windows.shape[1] - 1, dtype=torch.bool)
     counted[:, -1] = True  # the last target of each window: what a cycle's batch would add
     trainer = Trainer(build(), TrainConfig(batch_size=4), device="cpu")
@@ -46,49 +36,61 @@ def test_only_counted_targets_carry_the_loss(build):
         trainer.fit(windows, counted=torch.zeros_like(counted))
 
 
-def test_sampled_softmax_learns_too(build):
+def test_sampled_softmax_learns_too(build, cyclic):
     model = build(dropout=0.0)
-    windows = cyclic_windows()
+    windows = cyclic()
     config = TrainConfig(lr=1e-2, batch_size=16, loss="sampled", n_negatives=8)
     Trainer(model, config, device="cpu").fit(windows, epochs=15)
     ranks = rank_targets(model, windows[:, :-1], windows[:, -1])
     assert next_item_metrics(ranks, ks=(1,))["hr@1"] > 0.5  # chance: 1/29
 
 
-def losses_of(trainer: Trainer, windows: torch.Tensor, **fit) -> list[float]:
-    losses: list[float] = []
-    trainer.fit(windows, on_step=lambda step, loss: losses.append(loss), **fit)
-    return losses
-
-
 @pytest.mark.parametrize("loss", ["full", "sampled"])
-def test_same_seed_same_loss_curve(loss, build):
+def test_same_seed_same_loss_curve(loss, build, cyclic, losses):
     config = TrainConfig(batch_size=16, loss=loss, n_negatives=8)
-    a = losses_of(Trainer(build(dropout=0.2), config, device="cpu"), cyclic_windows())
-    b = losses_of(Trainer(build(dropout=0.2), config, device="cpu"), cyclic_windows())
+    a = losses(Trainer(build(dropout=0.2), config, device="cpu"), cyclic())
+    b = losses(Trainer(build(dropout=0.2), config, device="cpu"), cyclic())
     assert a == b and len(a) == 3
 
 
-@pytest.mark.parametrize("loss", ["full", "sampled"])
-def test_resume_from_a_checkpoint_continues_the_same_loss_curve(loss, build):
-    config, windows = TrainConfig(batch_size=16, loss=loss, n_negatives=8), cyclic_windows()
-    straight = losses_of(Trainer(build(dropout=0.2), config, device="cpu"), windows, epochs=2)
+@pytest.mark.parametrize(
+    "loss, schedule", [("full", "constant"), ("sampled", "constant"), ("full", "cosine")]
+)
+def test_resume_from_a_checkpoint_continues_the_same_loss_curve(
+    loss, schedule, build, cyclic, losses
+):
+    config = TrainConfig(batch_size=16, loss=loss, n_negatives=8, lr_schedule=schedule)
+    windows = cyclic()
+    straight = losses(Trainer(build(dropout=0.2), config, device="cpu"), windows, epochs=2)
 
     first = Trainer(build(dropout=0.2), config, device="cpu")
-    head = losses_of(first, windows, epochs=2, max_steps=4)
+    head = losses(first, windows, epochs=2, max_steps=4)
     buffer = io.BytesIO()
     vocab = Vocabulary.from_ids(["<pad>", *map(str, range(1, N_ITEMS))])
     torch.save(to_payload(first.model, vocab, first.optimizer_state()), buffer)
     buffer.seek(0)
     model, _, optimizer_state, _ = from_payload(torch.load(buffer, weights_only=True))
     torch.manual_seed(123)  # whatever happens in between must not matter
-    tail = losses_of(Trainer(model, config, optimizer_state, device="cpu"), windows, epochs=2)
+    tail = losses(Trainer(model, config, optimizer_state, device="cpu"), windows, epochs=2)
     assert len(straight) == 6 and head + tail == straight
 
 
-def test_grown_vocabulary_keeps_optimizer_moments_of_old_rows(build):
+def test_cosine_schedule_anneals_each_fit_from_lr_to_its_floor(build, cyclic):
+    config = TrainConfig(lr=1e-2, batch_size=16, lr_schedule="cosine", lr_floor=0.1)
+    trainer = Trainer(build(), config, device="cpu")
+    rates: list[float] = []
+    record = lambda step, loss: rates.append(trainer.optimizer.param_groups[0]["lr"])  # noqa: E731
+    for _ in range(2):  # each fit is its own schedule: a cycle restarts from the top
+        trainer.fit(cyclic(), epochs=3, on_step=record)
+    first, second = rates[:9], rates[9:]
+    assert first == second and first[0] == pytest.approx(1e-2) and first[-1] == pytest.approx(1e-3)
+    assert all(a > b for a, b in itertools.pairwise(first))
+    assert first[4] == pytest.approx(5.5e-3)  # halfway down the cosine
+
+
+def test_grown_vocabulary_keeps_optimizer_moments_of_old_rows(build, cyclic):
     trainer = Trainer(build(), TrainConfig(batch_size=16), device="cpu")
-    trainer.fit(cyclic_windows())
+    trainer.fit(cyclic())
     state = trainer.optimizer_state()
     old = trainer.optimizer.state[trainer.model.embedding.weight]["exp_avg"].clone()
     trainer.model.grow_items(N_ITEMS + 3)
@@ -97,12 +99,12 @@ def test_grown_vocabulary_keeps_optimizer_moments_of_old_rows(build):
     assert moments.shape == (N_ITEMS + 3, grown.model.config.dim)
     assert torch.equal(moments[:N_ITEMS], old)
     assert float(moments[N_ITEMS:].abs().sum()) == 0.0
-    grown.fit(cyclic_windows())  # and it trains on
+    grown.fit(cyclic())  # and it trains on
 
 
-def test_function_preserving_growth_carries_moments_to_the_copies(build):
+def test_function_preserving_growth_carries_moments_to_the_copies(build, cyclic):
     trainer = Trainer(build(), TrainConfig(batch_size=16), device="cpu")
-    trainer.fit(cyclic_windows())
+    trainer.fit(cyclic())
     state = trainer.optimizer_state()
     grown_model = trainer.model.stack("adjacent", "function_preserving")
     grown = Trainer(grown_model, TrainConfig(batch_size=16), state, device="cpu")
@@ -114,9 +116,9 @@ def test_function_preserving_growth_carries_moments_to_the_copies(build):
         assert torch.equal(grown.optimizer.state[param]["exp_avg_sq"], expected), name
 
 
-def test_faithful_growth_resets_the_optimizer(build):
+def test_faithful_growth_resets_the_optimizer(build, cyclic):
     trainer = Trainer(build(), TrainConfig(batch_size=16), device="cpu")
-    trainer.fit(cyclic_windows())
+    trainer.fit(cyclic())
     grown_model = trainer.model.stack("adjacent", "faithful")
     grown = Trainer(grown_model, TrainConfig(), trainer.optimizer_state(), device="cpu")
     assert len(grown.optimizer.state) == 0
@@ -131,10 +133,12 @@ def test_windows_without_targets_are_refused(build):
 @pytest.mark.parametrize(
     ("sampled_above", "same_as"), [(N_ITEMS - 1, "sampled"), (N_ITEMS, "full")]
 )
-def test_auto_loss_samples_only_past_the_catalogue_threshold(sampled_above, same_as, build):
+def test_auto_loss_samples_only_past_the_catalogue_threshold(
+    sampled_above, same_as, build, cyclic, losses
+):
     def curve(**loss) -> list[float]:
         config = TrainConfig(batch_size=16, n_negatives=8, **loss)
-        return losses_of(Trainer(build(dropout=0.2), config, device="cpu"), cyclic_windows())
+        return losses(Trainer(build(dropout=0.2), config, device="cpu"), cyclic())
 
     auto = TrainConfig(loss="auto", sampled_above=sampled_above)
     assert auto.loss_for(N_ITEMS) == same_as
