@@ -130,7 +130,10 @@ def prepare(
 ) -> CycleData:
     """Grow the vocabulary for new items and build every user's sequence, old then new."""
     before = len(learner.vocab)
-    learner.vocab.add(fresh.column("item_id").to_pylist())
+    # New ids get rows in time order (ties by id), not in the order partitions were read:
+    # the same batch then grows the same vocabulary however the consumer interleaved it.
+    by_time = pc.sort_indices(fresh, sort_keys=[("ts", "ascending"), ("item_id", "ascending")])
+    learner.vocab.add(fresh.column("item_id").take(by_time).to_pylist())
     if len(learner.vocab) > learner.model.config.n_items:
         with torch.random.fork_rng(devices=[]):  # new rows depend on the log, not the process
             torch.manual_seed(learner.model.config.n_items)

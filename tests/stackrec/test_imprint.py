@@ -68,3 +68,18 @@ def test_new_item_rows_do_not_depend_on_the_global_generator(tmp_path, events):
         return learner.model.item_vectors().detach()
 
     assert torch.equal(grown(1), grown(2))
+
+
+def test_a_batch_grows_the_same_vocabulary_however_its_partitions_interleaved(tmp_path, events):
+    rows = [("u1", "i9", 1), ("u2", "i3", 1), ("u1", "i2", 2), ("u3", "i7", 3), ("u2", "i5", 4)]
+
+    def grown(order: list[int]) -> tuple[list[str], torch.Tensor]:
+        learner = continual.resume(Registry(tmp_path / "".join(map(str, order))), CycleConfig())
+        batch = events([rows[i] for i in order])
+        continual.prepare(learner, batch.schema.empty_table(), batch, holdout_share=0.0)
+        return learner.vocab.ids, learner.model.item_vectors().detach()
+
+    ids, vectors = grown([0, 1, 2, 3, 4])
+    other_ids, other_vectors = grown([3, 1, 4, 0, 2])  # u1's, u2's, u3's events interleaved
+    assert ids == other_ids == ["<pad>", "i3", "i9", "i2", "i7", "i5"]  # by time, ties by id
+    assert torch.equal(vectors, other_vectors)
