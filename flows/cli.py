@@ -226,10 +226,14 @@ def demo(
     steps: Annotated[int, typer.Option(min=0, help="fine-tuning steps per cycle")] = 100,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
-    """Bring the stack up, stream events in, run cycles, read a recommendation back."""
+    """Bring the stack up, stream events in, run cycles, read a recommendation back.
+
+    It runs as model "demo" on topic "demo" (unless --model or --topic say otherwise) and
+    starts each run from an empty log and registry for them."""
     from flows.demo import run_demo
 
-    summary = run_demo(settings(train_steps=steps), dataset, fmt, events, cycles)
+    names = {"model": _OVERRIDES.get("model") or "demo", "topic": _OVERRIDES.get("topic") or "demo"}
+    summary = run_demo(settings(train_steps=steps, **names), dataset, fmt, events, cycles)
     emit(summary, as_json, lambda s: s["text"])
 
 

@@ -7,6 +7,7 @@ stackrec up -> replay a stream in chunks -> after each chunk, one continual cycl
 from __future__ import annotations
 
 import math
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -30,6 +31,10 @@ def run_demo(
 ) -> dict[str, Any]:
     started = time.perf_counter()
     say = lambda text: tqdm.write(text, file=sys.stderr)  # noqa: E731
+    for earlier in (settings.log_dir, settings.models_dir):
+        if earlier.exists():  # its offsets name a broker that kept its topics in memory
+            shutil.rmtree(earlier)
+            say(f"removed an earlier demo's {earlier}")
     say(f"starting the local stack in {settings.run_dir}")
     stack.up(settings.run_dir, _kafka_address(settings), _redis_address(settings))
     ensure_topics(settings.kafka(), settings.topic, settings.partitions)
@@ -59,6 +64,7 @@ def run_demo(
         "events": table.num_rows,
         "cycles": [_row(r) for r in reports],
         "recommendation": {"user_id": user, "version": rec.version, "items": rec.items},
+        "model": settings.model,
         "models": str(settings.models_dir),
         "log": str(settings.log_dir),
         "metrics": str(metrics_file),
@@ -105,6 +111,6 @@ def _text(s: dict[str, Any]) -> str:
         f"models:  {s['models']}",
         f"log:     {s['log']}",
         f"metrics: {s['metrics']} (Prometheus text format)",
-        "next:    stackrec recommend <user>, stackrec status, stackrec down",
+        f"next:    stackrec --model {s['model']} recommend <user>, stackrec status, stackrec down",
     ]
     return "\n".join(lines)
