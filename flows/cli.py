@@ -237,6 +237,22 @@ def demo(
     emit(summary, as_json, lambda s: s["text"])
 
 
+@app.command("adopt-topic")
+@user_errors
+def adopt_topic() -> None:
+    """Continue the log on a recreated topic onto which the same stream was produced again
+    (same keys in the same order, so the same offsets); ingest refuses a new topic until then."""
+    from streaming.log import InteractionLog, LogError
+    from streaming.topics import topic_id
+
+    s = settings()
+    found = topic_id(s.kafka(), s.topic)
+    if found is None:
+        raise LogError(f"topic {s.topic!r} does not exist at {s.kafka_bootstrap}")
+    InteractionLog(s.log_dir).adopt_topic(found)
+    typer.echo(f"the log in {s.log_dir} follows topic {s.topic!r} (id {found}) from now on")
+
+
 def describe_cycle(r: dict[str, Any]) -> str:
     e = r["events"]
     head = (

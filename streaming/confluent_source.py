@@ -8,12 +8,22 @@ empty poll and then a failed commit, which we turn into ``BrokerUnavailable``.
 
 from __future__ import annotations
 
+import uuid
+
 from streaming.kafka_config import KafkaConfig
 from streaming.source import Block, CommitRejected, OnAssign
 from streaming.topics import BrokerUnavailable
 
 try:
-    from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
+    from confluent_kafka import (
+        Consumer,
+        KafkaError,
+        KafkaException,
+        Message,
+        TopicCollection,
+        TopicPartition,
+    )
+    from confluent_kafka.admin import AdminClient
 except ImportError:  # pragma: no cover - exercised only where the extra is missing
     Consumer = None
 
@@ -57,6 +67,7 @@ class ConfluentSource:
             }
         )
         self._max_poll_records = max_poll_records
+        self._admin = AdminClient(kafka.confluent_options())  # for the topic's id only
 
         def assign(consumer, partitions) -> None:
             starts = on_assign([tp.partition for tp in partitions])
@@ -92,6 +103,20 @@ class ConfluentSource:
 
     def assigned(self) -> set[int]:
         return {tp.partition for tp in self._consumer.assignment()}
+
+    def topic_id(self) -> str | None:
+        """Asked of the admin API (librdkafka's consumer metadata does not carry it), in the
+        UUID form kafka-python gives, so a log can switch clients."""
+        try:
+            topics = self._admin.describe_topics(TopicCollection([self.topic]))
+            found = topics[self.topic].result(timeout=10).topic_id
+        except KafkaException as error:
+            raise self._failed(error) from None
+        if found is None:
+            return None
+        high = found.get_most_significant_bits() & (2**64 - 1)
+        low = found.get_least_significant_bits() & (2**64 - 1)
+        return str(uuid.UUID(int=(high << 64) | low)) if high or low else None
 
     def commit(self, offsets: dict[int, int]) -> None:
         try:

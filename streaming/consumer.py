@@ -2,7 +2,9 @@
 
 Order of operations, which is the whole guarantee:
 
-1. poll a bounded batch (max events or max wait) as a member of a consumer group;
+1. poll a bounded batch (max events or max wait) as a member of a consumer group, and refuse
+   it (``TopicChanged``) if the topic's id is not the one the log was filled from: a recreated
+   topic's offsets start over, and step 2 would otherwise skip them all;
 2. drop records whose offsets the log already holds (a crash after step 4, before step 5);
 3. validate; send rejects to ``<topic>.dlq`` with original bytes and a reason header, flush;
 4. append valid events to the log: segment, then manifest, atomically, under the log's lock,
@@ -126,7 +128,9 @@ class Ingestor:
             source = self._open()
             batch = self._poll(source)
             polled = time.perf_counter()
-            result = self._log(batch)
+            topic_id = source.topic_id()
+            self.log.check_topic(topic_id)  # before anything is skipped as already logged
+            result = self._log(batch, topic_id)
             logged = time.perf_counter()
             result.committed = self._commit(source)
             fault_point("after_commit")
@@ -228,7 +232,7 @@ class Ingestor:
         self._recent.hold(valid.events)
         return _Checked(valid, repeats)
 
-    def _log(self, polled: _Polled) -> IngestResult:
+    def _log(self, polled: _Polled, topic_id: str | None) -> IngestResult:
         block = polled.block
         result = IngestResult(read=polled.read, skipped=polled.read - len(block))
         if not block:
@@ -256,7 +260,7 @@ class Ingestor:
         table = events.append_column(
             "partition", pa.array(partitions[rows], pa.int32())
         ).append_column("offset", pa.array(offsets[rows], pa.int64()))
-        segment = self.log.append(table, ranges, skip_logged=True)
+        segment = self.log.append(table, ranges, skip_logged=True, topic_id=topic_id)
         fault_point("after_manifest")
         self._recent.settle()
         result.logged = segment.rows if segment else 0

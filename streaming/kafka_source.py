@@ -91,6 +91,12 @@ class KafkaPythonSource:
     def assigned(self) -> set[int]:
         return {tp.partition for tp in self._consumer.assignment()}
 
+    def topic_id(self) -> str | None:
+        """From the metadata the consumer already fetched (kafka-python 3.0 keeps topic ids in
+        its cluster metadata and has no public accessor for them)."""
+        found = self._consumer._client.cluster.topic_id(self.topic)
+        return str(found) if found else None
+
     def commit(self, offsets: dict[int, int]) -> None:
         try:
             self._consumer.commit(

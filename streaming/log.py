@@ -51,6 +51,12 @@ class LogError(RuntimeError):
     """The log on disk is not what the manifest says."""
 
 
+class TopicChanged(LogError):
+    """The topic now has another id than the one the log was filled from: it was deleted and
+    recreated, or the broker lost its data, and its offsets start over. Reading on would skip
+    every event below the log's offsets as already logged."""
+
+
 @dataclass(frozen=True)
 class Segment:
     id: int
@@ -73,6 +79,7 @@ class Manifest:
     trained_through: int = 0  # highest segment id a promoted model has trained on
     deleted_through: int = 0  # retention removed every segment up to this id
     deleted_offsets: dict[str, int] = field(default_factory=dict)  # and their next offsets
+    topic_id: str | None = None  # the broker's id of the topic the offsets belong to
 
     @property
     def ingested_through(self) -> int:
@@ -194,18 +201,25 @@ class InteractionLog:
 
     # --- writing ---------------------------------------------------------------------------
     def append(
-        self, events: pa.Table, offsets: dict[int, tuple[int, int]], skip_logged: bool = False
+        self,
+        events: pa.Table,
+        offsets: dict[int, tuple[int, int]],
+        skip_logged: bool = False,
+        topic_id: str | None = None,
     ) -> Segment | None:
         """Make a batch durable: write its segment, then atomically list it in the manifest.
 
         Offsets the log already holds are an error, or with ``skip_logged`` are dropped (rows
         and ranges) under the log's lock: what a consumer does, since another group member may
-        have logged them since it looked. Returns None when nothing new was left.
+        have logged them since it looked. Returns None when nothing new was left. The first
+        ``topic_id`` given is kept; another one later is refused (``TopicChanged``).
         """
         if not offsets:
             raise LogError("a segment must cover at least one offset")
         with self._exclusive():
             manifest = self.manifest()
+            self._check_topic(manifest, topic_id)
+            manifest.topic_id = manifest.topic_id or topic_id
             if skip_logged:
                 events, offsets = _without_logged(events, offsets, _next_offsets(manifest))
                 if not offsets:
@@ -346,12 +360,36 @@ class InteractionLog:
             if folder.is_dir() and not any(folder.iterdir()):
                 folder.rmdir()
 
+    def adopt_topic(self, topic_id: str) -> None:
+        """Follow a recreated topic from here on. Only right when the same stream was produced
+        onto it again (same keys in the same order, so the same offsets): the log then reads
+        on where it ended; otherwise offsets below its end would be skipped."""
+        with self._exclusive():
+            manifest = self.manifest()
+            manifest.topic_id = topic_id
+            self._write_manifest(manifest)
+
+    def check_topic(self, topic_id: str | None) -> None:
+        """Refuse (``TopicChanged``) a topic whose id differs from the one the log holds."""
+        self._check_topic(self.manifest(), topic_id)
+
+    def _check_topic(self, manifest: Manifest, topic_id: str | None) -> None:
+        if topic_id and manifest.topic_id and topic_id != manifest.topic_id:
+            raise TopicChanged(
+                f"the topic's id is now {topic_id}, but the log in {self.root} was filled from "
+                f"id {manifest.topic_id}: the topic was recreated or the broker lost its data "
+                "(an embedded broker keeps topics in memory), so its offsets started over; "
+                "nothing was read. Start over with a new STACKREC_HOME, or, if the same stream "
+                "was produced onto the new topic again, continue with `stackrec adopt-topic`"
+            )
+
     def _write_manifest(self, manifest: Manifest) -> None:
         body = {
             "segments": [_segment_json(s) for s in manifest.segments],
             "trained_through": manifest.trained_through,
             "deleted_through": manifest.deleted_through,
             "deleted_offsets": manifest.deleted_offsets,
+            "topic_id": manifest.topic_id,
         }
         _write_durably(self.root / MANIFEST, lambda tmp: Path(tmp).write_text(json.dumps(body)))
 
@@ -384,6 +422,7 @@ def _parse_manifest(path: Path, data: bytes) -> Manifest:
             trained_through=raw["trained_through"],
             deleted_through=raw.get("deleted_through", 0),
             deleted_offsets=raw.get("deleted_offsets", {}),
+            topic_id=raw.get("topic_id"),
         )
     except (ValueError, KeyError, TypeError) as error:
         raise LogError(f"unreadable log manifest {path}: {error}") from None

@@ -71,6 +71,11 @@ class Source(Protocol):
 
     def assigned(self) -> set[int]: ...
 
+    def topic_id(self) -> str | None:
+        """The broker's id of the topic (None if it has none): a recreated topic gets a new
+        one while its offsets start over."""
+        ...
+
     def commit(self, offsets: dict[int, int]) -> None: ...
 
     def lag(self, logged: dict[int, int]) -> int:

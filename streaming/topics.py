@@ -7,6 +7,7 @@ depends on a stable count), so we create both topics before anything produces to
 from __future__ import annotations
 
 import contextlib
+import uuid
 
 from kafka import KafkaAdminClient
 from kafka.admin import NewTopic
@@ -56,3 +57,19 @@ def ensure_topics(kafka: KafkaConfig, topic: str, partitions: int) -> None:
         raise BrokerUnavailable(f"Kafka at {kafka.bootstrap} failed: {error}") from None
     finally:
         admin.close()
+
+
+def topic_id(kafka: KafkaConfig, topic: str) -> str | None:
+    """The broker's id of ``topic``; None if it does not exist (or the broker gives none)."""
+    require_broker(kafka)
+    try:
+        admin = KafkaAdminClient(**kafka.client_options())
+        try:
+            described = admin.describe_topics([topic])
+        finally:
+            admin.close()
+    except KafkaError as error:
+        raise BrokerUnavailable(f"Kafka at {kafka.bootstrap} failed: {error}") from None
+    found = [t.get("topic_id") for t in described if t.get("error_code", 0) == 0]
+    value = uuid.UUID(str(found[0])) if found and found[0] else None
+    return str(value) if value and value.int else None  # all zeros: the broker has no ids

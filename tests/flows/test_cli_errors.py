@@ -159,3 +159,19 @@ def test_down_with_nothing_started_says_so(stack):
     result = run("down")
     assert result.exit_code == 0
     assert result.stdout.splitlines() == ["broker: was not running", "redis: was not running"]
+
+
+def test_adopting_a_topic_that_does_not_exist(stack):
+    assert_user_error(run("adopt-topic"), f"topic '{stack.topic}' does not exist")
+
+
+def test_adopt_topic_makes_the_log_follow_the_topic_it_names(stack):
+    from streaming.log import InteractionLog
+    from streaming.topics import ensure_topics, topic_id
+
+    ensure_topics(stack.kafka, stack.topic, PARTITIONS)
+    result = run("adopt-topic")
+    assert result.exit_code == 0, result.output
+    found = topic_id(stack.kafka, stack.topic)
+    assert found and found in result.stdout
+    assert InteractionLog(stack.home / "log" / stack.topic).manifest().topic_id == found

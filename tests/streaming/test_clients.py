@@ -9,9 +9,11 @@ import json
 import pytest
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
+from streaming import services
 from streaming.consumer import ConsumerConfig, Ingestor
 from streaming.deadletters import read_dead_letters
-from streaming.log import InteractionLog
+from streaming.kafka_config import KafkaConfig
+from streaming.log import InteractionLog, TopicChanged
 from streaming.topics import ensure_topics
 
 pytestmark = pytest.mark.integration
@@ -128,3 +130,35 @@ def test_a_batch_that_reached_the_partitions_ends_stops_without_an_idle_poll(
         result = ingestor.batch()
         assert (result.logged, result.lag) == (40, 0)
         assert result.seconds < 30  # an idle poll would have taken 60 s
+
+
+def test_a_topic_recreated_under_the_log_is_refused_not_skipped(stack, tmp_path, client):
+    """The embedded broker keeps topics in memory: after a restart the topic is new, its
+    offsets start at 0 again, and reading on would skip them all as already logged."""
+    ensure_topics(stack.kafka, stack.topic, 3)
+    events = [
+        json.dumps({"user_id": f"u{n}", "item_id": n, "ts": TS + n}).encode() for n in range(9)
+    ]
+    produce(stack, events)
+    log = InteractionLog(tmp_path / "log")
+    config = ConsumerConfig(topic=stack.topic, group_id=f"g-{client}", client=client,
+                            max_wait_s=5, idle_poll_ms=500, session_timeout_ms=1_500)  # fmt: skip
+    with Ingestor(stack.kafka, config, log) as ingestor:
+        assert ingestor.batch().logged == 9
+    first = log.manifest()
+    assert first.topic_id
+
+    host, port, run_dir = "127.0.0.1", services.free_port(), tmp_path / "restarted"
+    services.start("broker", services.broker_command(host, port), host, port, run_dir)
+    try:
+        restarted = KafkaConfig(bootstrap=f"{host}:{port}")
+        ensure_topics(restarted, stack.topic, 3)
+        producer = KafkaProducer(**restarted.producer_options())
+        for value in events[:4]:
+            producer.send(stack.topic, value=value)
+        producer.close()
+        with Ingestor(restarted, config, log) as ingestor, pytest.raises(TopicChanged):
+            ingestor.batch()
+        assert log.manifest() == first  # nothing logged, nothing skipped into it
+    finally:
+        services.stop(run_dir, "broker")

@@ -31,7 +31,7 @@ from streaming.deadletters import read_dead_letters
 from streaming.events import Rejection, parse_event
 from streaming.faults import ENV
 from streaming.kafka_config import KafkaConfig
-from streaming.log import InteractionLog
+from streaming.log import InteractionLog, TopicChanged
 from streaming.redis_store import (
     PARTS,
     IncompletePublish,
@@ -40,7 +40,7 @@ from streaming.redis_store import (
     publish,
 )
 from streaming.serving import current_version, read_vectors, recommend
-from streaming.topics import BrokerUnavailable, ensure_topics
+from streaming.topics import BrokerUnavailable, ensure_topics, topic_id
 from tests.streaming.fault_worker import snapshot
 
 pytestmark = pytest.mark.integration
@@ -251,9 +251,9 @@ def own_broker(tmp_path):
 
 def test_broker_restart_mid_batch_fails_cleanly_and_a_replayed_stream_ingests(own_broker, tmp_path):
     """Tansu keeps topics in memory: a restarted broker has lost the topic. The batch in
-    flight fails with BrokerUnavailable, the log stays consistent, and the same stream
-    produced again (same keys, so the same partitions and offsets), then new events, complete
-    the log with nothing twice."""
+    flight fails with BrokerUnavailable and the log stays consistent. The recreated topic is
+    refused until the operator adopts it; then the same stream produced again (same keys, so
+    the same partitions and offsets), and new events, complete the log with nothing twice."""
     kafka, start, run_dir = own_broker
     topic = "restarted"
     rng = random.Random(3)
@@ -291,6 +291,10 @@ def test_broker_restart_mid_batch_fails_cleanly_and_a_replayed_stream_ingests(ow
     again.add(kafka, topic, values)
     assert again.values == placed.values  # the same stream lands on the same offsets
     placed.add(kafka, topic, [message(rng, 400 + n) for n in range(200)])
+    with Ingestor(kafka, config, log) as ingestor, pytest.raises(TopicChanged):
+        ingestor.batch()
+    assert log.next_offsets() == before
+    log.adopt_topic(topic_id(kafka, topic))
     with Ingestor(kafka, config, log) as ingestor:
         for _ in range(10):
             if sum(log.next_offsets().values()) == 600:
