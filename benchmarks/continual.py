@@ -50,7 +50,7 @@ from stackrec.growth import Observation  # noqa: E402
 from stackrec.loop import LoopConfig, learn_cycle  # noqa: E402
 from stackrec.recommend import top_k  # noqa: E402
 from stackrec.registry import Registry  # noqa: E402
-from stackrec.train import LR_SCHEDULES, TrainConfig, Trainer, target_mask  # noqa: E402
+from stackrec.train import LR_SCHEDULES, Trainer, target_mask  # noqa: E402
 from stackrec.vocab import Vocabulary  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "datasets"
@@ -350,10 +350,7 @@ def retrain(events: pa.Table, depth: int, cycle: CycleConfig, epochs: int) -> tu
     learner = Learner(new_model(cycle.kind, cycle.seed, **shape), Vocabulary())
     data = continual.prepare(learner, events.schema.empty_table(), events, holdout_share=0.0)
     windows = data.sequences.windows(cycle.max_len)
-    config = TrainConfig(
-        lr=cycle.lr, lr_schedule=cycle.lr_schedule, batch_size=cycle.batch_size, seed=cycle.seed
-    )
-    trainer = Trainer(learner.model, config)
+    trainer = Trainer(learner.model, replace(cycle.train_config(), loss="full"))
     fit = trainer.fit(windows, epochs=epochs)
     learner.model, learner.optimizer_state = trainer.model.cpu(), trainer.optimizer_state()
     learner.lineage = {
