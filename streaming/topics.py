@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import uuid
+from collections.abc import Iterator
 
 from kafka import KafkaAdminClient
 from kafka.admin import NewTopic
@@ -33,8 +34,9 @@ def require_broker(kafka: KafkaConfig) -> None:
         )
 
 
-def ensure_topics(kafka: KafkaConfig, topic: str, partitions: int) -> None:
-    """Create ``topic`` and ``<topic>.dlq`` if they do not exist yet."""
+@contextlib.contextmanager
+def _admin(kafka: KafkaConfig) -> Iterator[KafkaAdminClient]:
+    """An admin client for one call; Kafka errors become ``BrokerUnavailable`` in one line."""
     require_broker(kafka)
     try:
         admin = KafkaAdminClient(**kafka.client_options())
@@ -44,6 +46,16 @@ def ensure_topics(kafka: KafkaConfig, topic: str, partitions: int) -> None:
             "or set STACKREC_KAFKA_BOOTSTRAP"
         ) from None
     try:
+        yield admin
+    except KafkaError as error:
+        raise BrokerUnavailable(f"Kafka at {kafka.bootstrap} failed: {error}") from None
+    finally:
+        admin.close()
+
+
+def ensure_topics(kafka: KafkaConfig, topic: str, partitions: int) -> None:
+    """Create ``topic`` and ``<topic>.dlq`` if they do not exist yet."""
+    with _admin(kafka) as admin:
         existing = set(admin.list_topics())
         wanted = [
             NewTopic(name, partitions, 1)
@@ -53,23 +65,12 @@ def ensure_topics(kafka: KafkaConfig, topic: str, partitions: int) -> None:
         if wanted:  # another process may create one between list and create: fine
             with contextlib.suppress(TopicAlreadyExistsError):
                 admin.create_topics(wanted)
-    except KafkaError as error:
-        raise BrokerUnavailable(f"Kafka at {kafka.bootstrap} failed: {error}") from None
-    finally:
-        admin.close()
 
 
 def topic_id(kafka: KafkaConfig, topic: str) -> str | None:
     """The broker's id of ``topic``; None if it does not exist (or the broker gives none)."""
-    require_broker(kafka)
-    try:
-        admin = KafkaAdminClient(**kafka.client_options())
-        try:
-            described = admin.describe_topics([topic])
-        finally:
-            admin.close()
-    except KafkaError as error:
-        raise BrokerUnavailable(f"Kafka at {kafka.bootstrap} failed: {error}") from None
+    with _admin(kafka) as admin:
+        described = admin.describe_topics([topic])
     found = [t.get("topic_id") for t in described if t.get("error_code", 0) == 0]
     value = uuid.UUID(str(found[0])) if found and found[0] else None
     return str(value) if value and value.int else None  # all zeros: the broker has no ids
