@@ -133,16 +133,14 @@ def prepare(
 ) -> CycleData:
     """Grow the vocabulary for new items and build every user's sequence, old then new."""
     before = len(learner.vocab)
-    # New ids get rows in time order (ties by id), not in the order partitions were read:
-    # the same batch then grows the same vocabulary however the consumer interleaved it.
-    by_time = pc.sort_indices(fresh, sort_keys=[("ts", "ascending"), ("item_id", "ascending")])
-    learner.vocab.add(fresh.column("item_id").take(by_time).to_pylist())
+    columns = ["user_id", "item_id", "ts"]
+    history, fresh = _in_time_order(history.select(columns)), _in_time_order(fresh.select(columns))
+    learner.vocab.add(fresh.column("item_id").to_pylist())
     if len(learner.vocab) > learner.model.config.n_items:
         with torch.random.fork_rng(devices=[]):  # new rows depend on the log, not the process
             torch.manual_seed(learner.model.config.n_items)
             learner.model.grow_items(len(learner.vocab))
-    columns = ["user_id", "item_id", "ts"]
-    events = pa.concat_tables([history.select(columns), fresh.select(columns)])
+    events = pa.concat_tables([history, fresh])
     encoded = pc.dictionary_encode(events.column("user_id")).combine_chunks()
     items = learner.vocab.lookup(np.asarray(events.column("item_id").to_pylist(), dtype=object))
     users = encoded.indices.to_numpy().astype(np.int64)
@@ -168,8 +166,15 @@ def prepare(
     )
 
 
+def _in_time_order(events: pa.Table) -> pa.Table:
+    """Events by time, ties by user and item: one order however the consumer interleaved the
+    partitions, so the same log grows the same vocabulary, user index and training batches."""
+    keys = [("ts", "ascending"), ("user_id", "ascending"), ("item_id", "ascending")]
+    return events.take(pc.sort_indices(events, sort_keys=keys))
+
+
 def _latest(is_new: np.ndarray, ts: np.ndarray, share: float) -> np.ndarray:
-    """The latest ``share`` of the flagged events by time (ties broken by log order)."""
+    """The latest ``share`` of the flagged events by time (ties in prepare's order)."""
     flagged = np.flatnonzero(is_new)
     n = int(len(flagged) * share)
     chosen = np.zeros_like(is_new)

@@ -27,18 +27,18 @@ def test_the_demo_runs_again_after_the_stack_went_down(tmp_path, monkeypatch, pr
     monkeypatch.setenv("STACKREC_KAFKA_BOOTSTRAP", f"127.0.0.1:{services.free_port()}")
     monkeypatch.setenv("STACKREC_REDIS_URL", f"redis://127.0.0.1:{services.free_port()}/0")
     runner = CliRunner()
-    untrained: list[float] = []  # version 1's prequential score: the same model, the same batch
+    scores: list[list[float]] = []  # each cycle's prequential NDCG@10, per run
     try:
         for _ in range(2):
             result = runner.invoke(app, DEMO)
             assert result.exit_code == 0, result.output
             summary = json.loads(result.stdout)
-            untrained.append(summary["cycles"][0]["ndcg@10"])
+            scores.append([c["ndcg@10"] for c in summary["cycles"]])
             assert [c["version"] for c in summary["cycles"]] == [1, 2]
             assert [c["events"] for c in summary["cycles"]] == [600, 600]
             assert summary["recommendation"]["version"] == 2
             assert summary["recommendation"]["items"]
             assert runner.invoke(app, ["down"]).exit_code == 0
-        assert untrained[0] == untrained[1]
+        assert scores[0] == scores[1]  # the same stream, in any partition interleaving
     finally:
         runner.invoke(app, ["down"])

@@ -3,6 +3,7 @@ it ranks high for them before any gradient step; the holdout and known items sta
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -70,16 +71,19 @@ def test_new_item_rows_do_not_depend_on_the_global_generator(tmp_path, events):
     assert torch.equal(grown(1), grown(2))
 
 
-def test_a_batch_grows_the_same_vocabulary_however_its_partitions_interleaved(tmp_path, events):
+def test_a_batch_prepares_the_same_data_however_its_partitions_interleaved(tmp_path, events):
     rows = [("u1", "i9", 1), ("u2", "i3", 1), ("u1", "i2", 2), ("u3", "i7", 3), ("u2", "i5", 4)]
 
-    def grown(order: list[int]) -> tuple[list[str], torch.Tensor]:
+    def prepared(order: list[int]) -> tuple[list[str], torch.Tensor, continual.CycleData]:
         learner = continual.resume(Registry(tmp_path / "".join(map(str, order))), CycleConfig())
         batch = events([rows[i] for i in order])
-        continual.prepare(learner, batch.schema.empty_table(), batch, holdout_share=0.0)
-        return learner.vocab.ids, learner.model.item_vectors().detach()
+        data = continual.prepare(learner, batch.schema.empty_table(), batch, holdout_share=0.4)
+        return learner.vocab.ids, learner.model.item_vectors().detach(), data
 
-    ids, vectors = grown([0, 1, 2, 3, 4])
-    other_ids, other_vectors = grown([3, 1, 4, 0, 2])  # u1's, u2's, u3's events interleaved
-    assert ids == other_ids == ["<pad>", "i3", "i9", "i2", "i7", "i5"]  # by time, ties by id
+    ids, vectors, data = prepared([0, 1, 2, 3, 4])
+    other_ids, other_vectors, other = prepared([3, 1, 4, 0, 2])  # users' events interleaved
+    assert ids == other_ids == ["<pad>", "i9", "i3", "i2", "i7", "i5"]  # by time, user, item
     assert torch.equal(vectors, other_vectors)
+    assert data.user_ids.tolist() == other.user_ids.tolist() == ["u1", "u2", "u3"]
+    assert np.array_equal(data.sequences.items, other.sequences.items)
+    assert np.array_equal(data.is_holdout, other.is_holdout)
