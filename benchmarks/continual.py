@@ -84,6 +84,7 @@ class Scale:
     # rejects.
     train_epochs: float = 2.8
     replay_ratio: float = 5.0
+    replay_half_life: float = 0.25  # replay's recency weighting (the product's default)
     batch_size: int = 128
     retrain_epochs: dict = None  # dataset -> epochs of (c) and of the warm-up
     warmup_epochs: int | None = None  # the warm-up's own epochs (None: retrain_epochs)
@@ -94,6 +95,7 @@ class Scale:
     lr: float = 1e-2
     cycle_lr: float | None = None  # (a), (b)'s fine-tuning rate (None: lr)
     lr_schedule: str = "constant"  # (a), (b)'s rate within a cycle: constant or cosine
+    average_tail: float = 0.0  # (a), (b): share of a cycle's last steps averaged into it
     # The warm-up's and (c)'s rate over their whole run. Annealing is part of a well-tuned
     # retrain: on ML-1M's last two windows (c) scores 0.1295 constant, 0.1386 cosine.
     retrain_schedule: str = "cosine"
@@ -136,10 +138,12 @@ def main() -> None:
     parser.add_argument("--steps", type=int, help="most fine-tuning steps per cycle, (a), (b)")
     parser.add_argument("--epochs", type=float, help="passes over a cycle's windows, (a), (b)")
     parser.add_argument("--replay", type=float, help="replayed windows per new window, (a), (b)")
+    parser.add_argument("--half-life", type=float, help="replay's recency half-life, (a), (b)")
     parser.add_argument("--lr", type=float, help="every arm's rate (the warm-up's and (c)'s)")
     parser.add_argument("--cycle-lr", type=float, help="(a), (b)'s fine-tuning rate")
     parser.add_argument("--schedule", choices=LR_SCHEDULES, help="(a), (b)'s rate in a cycle")
     parser.add_argument("--retrain-schedule", choices=LR_SCHEDULES, help="warm-up's and (c)'s")
+    parser.add_argument("--average-tail", type=float, help="(a), (b)'s weight averaging")
     parser.add_argument("--loss", choices=["auto", "full", "sampled"], help="(a), (b)'s loss")
     parser.add_argument("--negatives", type=int, help="(a), (b)'s sampled-softmax negatives")
     parser.add_argument("--warmup-epochs", type=int, help="epochs of the shared warm-up")
@@ -151,10 +155,12 @@ def main() -> None:
         "train_steps": args.steps,
         "train_epochs": args.epochs,
         "replay_ratio": args.replay,
+        "replay_half_life": args.half_life,
         "warmup_epochs": args.warmup_epochs,
         "lr": args.lr,
         "cycle_lr": args.cycle_lr,
         "lr_schedule": args.schedule,
+        "average_tail": args.average_tail,
         "retrain_schedule": args.retrain_schedule,
         "loss": args.loss,
         "n_negatives": args.negatives,
@@ -204,9 +210,11 @@ def replay(name: str, table: pa.Table, scale: Scale) -> dict:
         train_steps=scale.train_steps,
         train_epochs=scale.train_epochs,
         replay_ratio=scale.replay_ratio,
+        replay_half_life=scale.replay_half_life,
         batch_size=scale.batch_size,
         lr=scale.cycle_lr or scale.lr,
         lr_schedule=scale.lr_schedule,
+        average_tail=scale.average_tail,
         loss=scale.loss,
         n_negatives=scale.n_negatives,
         publish_users=scale.publish_users,
@@ -215,7 +223,7 @@ def replay(name: str, table: pa.Table, scale: Scale) -> dict:
     growth = LoopConfig(cycle=cycle, max_depth=scale.max_depth)
     flat = replace(growth, growth_policy="none")
     epochs = scale.retrain_epochs[name]
-    from_scratch = replace(cycle, lr=scale.lr, lr_schedule=scale.retrain_schedule)
+    from_scratch = replace(cycle, lr=scale.lr, lr_schedule=scale.retrain_schedule, average_tail=0.0)
     warm, warm_fit = retrain(
         table.slice(0, bounds[1]), scale.blocks, from_scratch, scale.warmup_epochs or epochs
     )

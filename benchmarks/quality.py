@@ -79,6 +79,7 @@ class Recipe:
     max_len: int = 50
     dropout: float = 0.2
     lr: float = 1e-3
+    lr_schedule: str = "constant"  # ours: or "cosine" over the epochs (RecBole: constant)
     batch_size: int = 128  # RecBole: sequences (one target each) per step
     windows_per_step: int = 128  # ours: windows (up to max_len targets each) per step
     epochs: int = 20
@@ -132,7 +133,11 @@ def run_ours(n_items: int, split, recipe: Recipe) -> dict:
         model,
         windows,
         TrainConfig(
-            lr=recipe.lr, batch_size=recipe.windows_per_step, seed=recipe.seed, amp=recipe.amp
+            lr=recipe.lr,
+            lr_schedule=recipe.lr_schedule,
+            batch_size=recipe.windows_per_step,
+            seed=recipe.seed,
+            amp=recipe.amp,
         ),
         Schedule(recipe.epochs, recipe.patience, max_seconds=recipe.hours and recipe.hours * 3600),
         validate=lambda m: evaluate_held_out(m, split.valid, full, ks=KS)["ndcg@10"],
@@ -369,6 +374,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--dropout", type=float, default=0.2)
     parser.add_argument("--windows-per-step", type=int, default=128, help="our batch size")
     parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--lr-schedule", choices=["constant", "cosine"], default="constant",
+                        help="our rate over the epochs (RecBole's is constant)")  # fmt: skip
     parser.add_argument("--amp", action=argparse.BooleanOptionalAction, default=True,
                         help="our bfloat16 autocast on CUDA")  # fmt: skip
     parser.add_argument("--hours", type=float, help="training-time budget of each side")
@@ -393,7 +400,8 @@ def run(args: argparse.Namespace) -> dict:
         for model in args.models:
             recipe = Recipe(
                 model, epochs=args.epochs, patience=args.patience, dropout=args.dropout,
-                lr=args.lr, windows_per_step=args.windows_per_step, hours=args.hours, amp=args.amp,
+                lr=args.lr, lr_schedule=args.lr_schedule, windows_per_step=args.windows_per_step,
+                hours=args.hours, amp=args.amp,
             )  # fmt: skip
             with tempfile.TemporaryDirectory() as tmp:
                 n_items, split = prepare(dataset, recipe, args.data_dir, Path(tmp))

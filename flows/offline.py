@@ -54,6 +54,11 @@ class ModelKind(StrEnum):
     sasrec = "sasrec"
 
 
+class RateSchedule(StrEnum):
+    constant = "constant"
+    cosine = "cosine"  # from lr down to lr / 10 over all the epochs
+
+
 class SplitKind(StrEnum):
     loo = "loo"  # leave-one-out by time per user
     time = "time"  # by time: the last 20% of the time span held out (10% valid, 10% test)
@@ -86,6 +91,9 @@ def train(
         int, typer.Option(min=0, help="early stop after N epochs without gain; 0: off")
     ] = 5,
     lr: Annotated[float, typer.Option(min=0.0, help="AdamW learning rate")] = 1e-3,
+    lr_schedule: Annotated[
+        RateSchedule, typer.Option(help="constant, or cosine down to lr/10 over --epochs")
+    ] = RateSchedule.constant,
     batch_size: Annotated[int, typer.Option(min=1, help="windows per step")] = 128,
     dropout: Annotated[float, typer.Option(min=0.0, max=0.99)] = 0.2,
     heads: Annotated[int, typer.Option(min=1, help="SASRec attention heads")] = 1,
@@ -107,8 +115,8 @@ def train(
         windows = splits.train.windows(max_len)
         torch.manual_seed(seed)
         net = _build(model, items, blocks, dim, max_len, dropout, heads)
-        config = TrainConfig(lr=lr, batch_size=batch_size, seed=seed, loss=loss,
-                             n_negatives=negatives)  # fmt: skip
+        config = TrainConfig(lr=lr, lr_schedule=lr_schedule.value, batch_size=batch_size,
+                             seed=seed, loss=loss, n_negatives=negatives)  # fmt: skip
         schedule = Schedule(epochs, patience or None, _epochs(stack_at), stack_operator, stack_mode)
         full = Protocol("full", mask_history=True)
 
@@ -121,7 +129,9 @@ def train(
         test = evaluate_held_out(result.model, splits.test, full, ks=KS, device=device)
     except _USER_ERRORS as error:
         _fail(error)
-    summary = _train_summary(result, test, windows, splits, began, model.value, split.value, device)
+    summary = _train_summary(
+        result, test, windows, splits, config, began, model.value, split.value, device
+    )
     out.mkdir(parents=True, exist_ok=True)
     torch.save(
         to_payload(result.model, items, result.optimizer_state, extra=summary), out / CHECKPOINT
@@ -251,13 +261,14 @@ def _progress(windows: torch.Tensor, batch_size: int) -> dict:
     return {"on_step": on_step, "on_epoch": on_epoch}
 
 
-def _train_summary(result, test, windows, splits, began, kind, split, device) -> dict:
+def _train_summary(result, test, windows, splits, config, began, kind, split, device) -> dict:
     train_s = result.train_seconds
     epochs_run = len(result.history)
     return {
         "model": kind,
         "depth": result.model.depth,
         "config": dataclasses.asdict(result.model.config),
+        "training": dataclasses.asdict(config),
         "split": split,
         "best_epoch": result.best_epoch,
         "epochs": epochs_run,

@@ -35,7 +35,7 @@ def trained(data, tmp_path_factory) -> tuple[str, dict]:
     out = str(tmp_path_factory.mktemp("model"))
     common = ["--data", data, "--out", out, "--model", "sasrec", "--dim", "16", "--max-len", "8"]
     result = invoke("train", *common, "--epochs", "3", "--stack-at", "2", "--lr", "0.01",
-                    "--device", "cpu", "--json")  # fmt: skip
+                    "--lr-schedule", "cosine", "--device", "cpu", "--json")  # fmt: skip
     assert result.exit_code == 0, result.output
     return out, json.loads(result.stdout[result.stdout.index("{") :])
 
@@ -44,6 +44,7 @@ def test_train_reports_metrics_speed_and_growth(trained):
     _, summary = trained
     assert summary["epochs"] == 3 and len(summary["history"]) == 3
     assert [h["depth"] for h in summary["history"]] == [2, 2, 4]
+    assert summary["training"]["lr"] == 0.01 and summary["training"]["lr_schedule"] == "cosine"
     assert summary["test"]["n"] == 60 and summary["test"]["history_masked"] is True
     for key in ("wall_s", "s_per_epoch", "sequences_per_s", "targets_per_s", "peak_memory_mb"):
         assert summary[key], key
@@ -74,6 +75,7 @@ def test_evaluate_with_sampled_negatives(trained, data):
         (["--stack-at", "x"], "--stack-at"),
         (["--stack-at", "9"], "stack_at"),
         (["--stack-operator", "zigzag", "--stack-at", "1"], "zigzag"),
+        (["--lr-schedule", "linear"], "linear"),
     ],
 )
 def test_user_mistakes_give_one_line_and_exit_1(data, tmp_path, args, message):

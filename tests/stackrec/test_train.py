@@ -5,10 +5,11 @@ import itertools
 
 import pytest
 import torch
+from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from stackrec.checkpoint import from_payload, to_payload
 from stackrec.evaluate import next_item_metrics, rank_targets
-from stackrec.train import NoTargetsError, TrainConfig, Trainer
+from stackrec.train import NoTargetsError, Schedule, TrainConfig, Trainer, train_with_validation
 from stackrec.vocab import Vocabulary
 
 N_ITEMS = 30  # n_items of the small models that conftest builds
@@ -86,6 +87,51 @@ def test_cosine_schedule_anneals_each_fit_from_lr_to_its_floor(build, cyclic):
     assert first == second and first[0] == pytest.approx(1e-2) and first[-1] == pytest.approx(1e-3)
     assert all(a > b for a, b in itertools.pairwise(first))
     assert first[4] == pytest.approx(5.5e-3)  # halfway down the cosine
+
+
+def test_a_validated_run_anneals_once_over_all_its_epochs_and_through_growth(build, cyclic):
+    config = TrainConfig(lr=1e-2, batch_size=16, lr_schedule="cosine", lr_floor=0.1)
+    rates: list[float] = []
+    record = lambda optimizer, args, kwargs: rates.append(optimizer.param_groups[0]["lr"])  # noqa: E731
+    hook = register_optimizer_step_post_hook(record)
+    scores = iter(range(3))  # every epoch validates better than the last
+    try:
+        result = train_with_validation(
+            build(), cyclic(), config, Schedule(epochs=3, stack_at=(1,)), lambda _: next(scores)
+        )
+    finally:
+        hook.remove()
+    assert len(rates) == 9 and rates[0] == pytest.approx(1e-2) and rates[-1] == pytest.approx(1e-3)
+    assert all(a > b for a, b in itertools.pairwise(rates))  # no restart per epoch or at growth
+    assert result.best_epoch == 3 and result.model.depth == 2 * build().depth
+    assert result.optimizer_state["trainer"]["position"] == 0  # going on starts a fit of its own
+
+
+def test_tail_averaging_ends_a_fit_at_the_mean_of_its_last_steps_weights(build, cyclic):
+    config = TrainConfig(lr=1e-2, batch_size=16, average_tail=0.5)
+    trainer = Trainer(build(), config, device="cpu")
+    seen: list[torch.Tensor] = []
+    record = lambda step, loss: seen.append(trainer.model.item_vectors().detach().clone())  # noqa: E731
+    trainer.fit(cyclic(), epochs=2, on_step=record)  # 6 steps: the last 3 are averaged
+    assert torch.allclose(trainer.model.item_vectors(), torch.stack(seen[3:]).mean(0), atol=1e-6)
+    assert trainer.average is None  # the next fit() averages its own tail
+
+
+def test_a_fit_interrupted_while_averaging_resumes_to_the_same_weights(build, cyclic, losses):
+    config = TrainConfig(batch_size=16, average_tail=0.5)
+    windows = cyclic()
+    straight = Trainer(build(dropout=0.2), config, device="cpu")
+    straight.fit(windows, epochs=2)
+    first = Trainer(build(dropout=0.2), config, device="cpu")
+    first.fit(windows, epochs=2, max_steps=4)  # 1 of the 3 averaged steps taken
+    buffer = io.BytesIO()
+    vocab = Vocabulary.from_ids(["<pad>", *map(str, range(1, N_ITEMS))])
+    torch.save(to_payload(first.model, vocab, first.optimizer_state()), buffer)
+    buffer.seek(0)
+    model, _, optimizer_state, _ = from_payload(torch.load(buffer, weights_only=True))
+    resumed = Trainer(model, config, optimizer_state, device="cpu")
+    resumed.fit(windows, epochs=2)
+    assert torch.equal(resumed.model.item_vectors(), straight.model.item_vectors())
 
 
 def test_grown_vocabulary_keeps_optimizer_moments_of_old_rows(build, cyclic):
