@@ -95,7 +95,6 @@ class Scale:
     lr: float = 1e-2
     cycle_lr: float | None = None  # (a), (b)'s fine-tuning rate (None: lr)
     lr_schedule: str = "constant"  # (a), (b)'s rate within a cycle: constant or cosine
-    average_tail: float = 0.0  # (a), (b): share of a cycle's last steps averaged into it
     # The warm-up's and (c)'s rate over their whole run. Annealing is part of a well-tuned
     # retrain: on ML-1M's last two windows (c) scores 0.1295 constant, 0.1386 cosine.
     retrain_schedule: str = "cosine"
@@ -143,7 +142,6 @@ def main() -> None:
     parser.add_argument("--cycle-lr", type=float, help="(a), (b)'s fine-tuning rate")
     parser.add_argument("--schedule", choices=LR_SCHEDULES, help="(a), (b)'s rate in a cycle")
     parser.add_argument("--retrain-schedule", choices=LR_SCHEDULES, help="warm-up's and (c)'s")
-    parser.add_argument("--average-tail", type=float, help="(a), (b)'s weight averaging")
     parser.add_argument("--loss", choices=["auto", "full", "sampled"], help="(a), (b)'s loss")
     parser.add_argument("--negatives", type=int, help="(a), (b)'s sampled-softmax negatives")
     parser.add_argument("--warmup-epochs", type=int, help="epochs of the shared warm-up")
@@ -160,7 +158,6 @@ def main() -> None:
         "lr": args.lr,
         "cycle_lr": args.cycle_lr,
         "lr_schedule": args.schedule,
-        "average_tail": args.average_tail,
         "retrain_schedule": args.retrain_schedule,
         "loss": args.loss,
         "n_negatives": args.negatives,
@@ -214,7 +211,6 @@ def replay(name: str, table: pa.Table, scale: Scale) -> dict:
         batch_size=scale.batch_size,
         lr=scale.cycle_lr or scale.lr,
         lr_schedule=scale.lr_schedule,
-        average_tail=scale.average_tail,
         loss=scale.loss,
         n_negatives=scale.n_negatives,
         publish_users=scale.publish_users,
@@ -223,7 +219,7 @@ def replay(name: str, table: pa.Table, scale: Scale) -> dict:
     growth = LoopConfig(cycle=cycle, max_depth=scale.max_depth)
     flat = replace(growth, growth_policy="none")
     epochs = scale.retrain_epochs[name]
-    from_scratch = replace(cycle, lr=scale.lr, lr_schedule=scale.retrain_schedule, average_tail=0.0)
+    from_scratch = replace(cycle, lr=scale.lr, lr_schedule=scale.retrain_schedule)
     warm, warm_fit = retrain(
         table.slice(0, bounds[1]), scale.blocks, from_scratch, scale.warmup_epochs or epochs
     )

@@ -47,7 +47,6 @@ class CycleConfig:
     # (ML-1M, last windows: 0.1386 against 0.1295 constant), not for a cycle (0.1182 against
     # 0.1202; benchmarks/continual.py, one seed each), so the default stays constant.
     lr_schedule: str = "constant"
-    average_tail: float = 0.0  # share of a cycle's last steps averaged into its weights
     loss: str = "auto"  # full | sampled | auto: on a CPU, sampled past sampled_above items
     sampled_above: int = 20_000
     # Sampled softmax's popularity-sampled negatives per step. Beauty (25,682 items, 2 cores):
@@ -67,7 +66,6 @@ class CycleConfig:
         return TrainConfig(
             lr=self.lr,
             lr_schedule=self.lr_schedule,
-            average_tail=self.average_tail,
             batch_size=self.batch_size,
             seed=self.seed,
             loss=self.loss,

@@ -19,7 +19,6 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from torch import nn
-from torch.optim.swa_utils import AveragedModel
 
 from stackrec.losses import full_cross_entropy, sampled_softmax
 from stackrec.stacking import source_name
@@ -39,9 +38,6 @@ class TrainConfig:
     # fine-tuning cycle ends at a settled model rather than wherever a high constant rate left it
     lr_schedule: str = "constant"
     lr_floor: float = 0.1
-    # Share of each fit()'s last steps whose weights are averaged into the result (tail
-    # averaging, as SWA): a constant-rate run then ends near the minimum it circles around
-    average_tail: float = 0.0
     weight_decay: float = 0.0  # AdamW's decoupled decay, on every parameter
     batch_size: int = 128  # windows per step
     max_grad_norm: float | None = 5.0  # None: no clipping
@@ -59,8 +55,6 @@ class TrainConfig:
             raise ValueError(f"lr_schedule={self.lr_schedule!r}; expected one of {LR_SCHEDULES}")
         if not 0.0 <= self.lr_floor <= 1.0:
             raise ValueError(f"lr_floor={self.lr_floor} must lie in [0, 1]")
-        if not 0.0 <= self.average_tail <= 1.0:
-            raise ValueError(f"average_tail={self.average_tail} must lie in [0, 1]")
         if self.sampling not in ("popularity", "uniform"):
             raise ValueError(f"sampling={self.sampling!r}; expected 'popularity' or 'uniform'")
         if self.batch_size < 1 or self.n_negatives < 1 or self.lr <= 0:
@@ -105,7 +99,6 @@ class Trainer:
         self.step = 0  # optimizer steps ever taken
         self.position = 0  # steps into the current fit() schedule; 0 when it completed
         self.schedule = 0  # fit() schedules completed, so each gets fresh shuffles
-        self.average: AveragedModel | None = None  # the current fit()'s tail average so far
         self.sampler = torch.Generator(device=self.device)
         if optimizer_state is None:
             torch.manual_seed(config.seed)
@@ -141,7 +134,6 @@ class Trainer:
         self.model.train()
         loss_sum, n_targets, steps, began = 0.0, 0, 0, time.perf_counter()
         permutation, perm_epoch = None, -1
-        average_from = total - math.floor(self.config.average_tail * total)
         for position in range(self.position, stop):
             epoch, batch_index = divmod(position, n_batches)
             if epoch != perm_epoch:
@@ -154,15 +146,10 @@ class Trainer:
             loss = self._learn(batch.to(self.device), mask.to(self.device), log_q) if count else 0.0
             loss_sum, n_targets, steps = loss_sum + loss * count, n_targets + count, steps + 1
             self.position = position + 1
-            if position >= average_from:
-                self._average()
             if on_step is not None:
                 on_step(self.step, loss)
         if self.position >= total:
             self.position, self.schedule = 0, self.schedule + 1
-            if self.average is not None:
-                self.model.load_state_dict(self.average.module.state_dict())
-                self.average = None
         seconds = time.perf_counter() - began
         return TrainResult(loss_sum / max(n_targets, 1), steps, n_targets, seconds)
 
@@ -178,12 +165,6 @@ class Trainer:
         self.optimizer.step()
         self.step += 1
         return float(loss.detach())
-
-    def _average(self) -> None:
-        """Fold the weights after this step into the running mean of the fit()'s tail."""
-        if self.average is None:
-            self.average = AveragedModel(self.model, use_buffers=False)
-        self.average.update_parameters(self.model)
 
     def _set_rate(self, position: int, total: int) -> None:
         """The learning rate at step ``position`` of a ``total``-step fit() schedule: a function
@@ -241,7 +222,6 @@ class Trainer:
                 "cuda_rng": cuda_rng,
                 "sampler_rng": self.sampler.get_state(),
                 "sampler_device": self.device.type,
-                "average": None if self.average is None else self.average.state_dict(),
             },
         }
 
@@ -254,9 +234,6 @@ class Trainer:
             torch.cuda.set_rng_state(trainer["cuda_rng"])
         if trainer["sampler_device"] == self.device.type:
             self.sampler.set_state(trainer["sampler_rng"])
-        if trainer.get("average") is not None:
-            self.average = AveragedModel(self.model, use_buffers=False)
-            self.average.load_state_dict(trainer["average"])
         sources = self._parameter_sources(state)
         if sources:
             self.optimizer.load_state_dict(

@@ -113,29 +113,6 @@ def test_a_validated_run_anneals_once_over_all_its_epochs_and_through_growth(bui
     assert result.optimizer_state["trainer"]["position"] == 0  # going on starts a fit of its own
 
 
-def test_tail_averaging_ends_a_fit_at_the_mean_of_its_last_steps_weights(build, cyclic):
-    config = TrainConfig(lr=1e-2, batch_size=16, average_tail=0.5)
-    trainer = Trainer(build(), config, device="cpu")
-    seen: list[torch.Tensor] = []
-    record = lambda step, loss: seen.append(trainer.model.item_vectors().detach().clone())  # noqa: E731
-    trainer.fit(cyclic(), epochs=2, on_step=record)  # 6 steps: the last 3 are averaged
-    assert torch.allclose(trainer.model.item_vectors(), torch.stack(seen[3:]).mean(0), atol=1e-6)
-    assert trainer.average is None  # the next fit() averages its own tail
-
-
-def test_a_fit_interrupted_while_averaging_resumes_to_the_same_weights(build, cyclic, losses):
-    config = TrainConfig(batch_size=16, average_tail=0.5)
-    windows = cyclic()
-    straight = Trainer(build(dropout=0.2), config, device="cpu")
-    straight.fit(windows, epochs=2)
-    first = Trainer(build(dropout=0.2), config, device="cpu")
-    first.fit(windows, epochs=2, max_steps=4)  # 1 of the 3 averaged steps taken
-    model, optimizer_state = through_a_checkpoint(first)
-    resumed = Trainer(model, config, optimizer_state, device="cpu")
-    resumed.fit(windows, epochs=2)
-    assert torch.equal(resumed.model.item_vectors(), straight.model.item_vectors())
-
-
 def test_grown_vocabulary_keeps_optimizer_moments_of_old_rows(build, cyclic):
     trainer = Trainer(build(), TrainConfig(batch_size=16), device="cpu")
     trainer.fit(cyclic())
