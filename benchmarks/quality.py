@@ -139,7 +139,9 @@ def run_ours(n_items: int, split, recipe: Recipe) -> dict:
             seed=recipe.seed,
             amp=recipe.amp,
         ),
-        Schedule(recipe.epochs, recipe.patience, max_seconds=recipe.hours and recipe.hours * 3600),
+        Schedule(
+            recipe.epochs, recipe.patience or None, max_seconds=recipe.hours and recipe.hours * 3600
+        ),
         validate=lambda m: evaluate_held_out(m, split.valid, full, ks=KS)["ndcg@10"],
         on_epoch=lambda r: print(f"  ours {recipe.model} {r}", file=sys.stderr, flush=True),
     )
@@ -244,7 +246,7 @@ def run_recbole_worker(dataset: str, recipe: Recipe, workdir: Path) -> dict:
             "train_neg_sample_args": None,
             "loss_type": "CE",
             "epochs": recipe.epochs,
-            "stopping_step": recipe.patience,
+            "stopping_step": recipe.patience or recipe.epochs,  # 0: never stop early
             "learning_rate": recipe.lr,
             "train_batch_size": recipe.batch_size,
             "eval_batch_size": 2048,
@@ -370,7 +372,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--implementations", nargs="+", default=["ours", "recbole"],
                         choices=["ours", "recbole"])  # fmt: skip
     parser.add_argument("--epochs", type=int, default=20)
-    parser.add_argument("--patience", type=int, default=5)
+    parser.add_argument("--patience", type=int, default=5,
+                        help="epochs without a better validation score; 0: off")  # fmt: skip
     parser.add_argument("--dropout", type=float, default=0.2)
     parser.add_argument("--windows-per-step", type=int, default=128, help="our batch size")
     parser.add_argument("--lr", type=float, default=1e-3)
