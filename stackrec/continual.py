@@ -169,8 +169,7 @@ def prepare(
 def _in_time_order(events: pa.Table) -> pa.Table:
     """Events by time, ties by user and item: one order however the consumer interleaved the
     partitions, so the same log grows the same vocabulary, user index and training batches."""
-    keys = [("ts", "ascending"), ("user_id", "ascending"), ("item_id", "ascending")]
-    return events.take(pc.sort_indices(events, sort_keys=keys))
+    return events.sort_by([("ts", "ascending"), ("user_id", "ascending"), ("item_id", "ascending")])
 
 
 def _latest(is_new: np.ndarray, ts: np.ndarray, share: float) -> np.ndarray:
