@@ -15,16 +15,6 @@ from stackrec.vocab import Vocabulary
 N_ITEMS = 30  # n_items of the small models that conftest builds
 
 
-def through_a_checkpoint(trainer: Trainer) -> tuple[torch.nn.Module, dict]:
-    """The trainer's model and state after a save and a ``weights_only`` load."""
-    buffer = io.BytesIO()
-    vocab = Vocabulary.from_ids(["<pad>", *map(str, range(1, N_ITEMS))])
-    torch.save(to_payload(trainer.model, vocab, trainer.optimizer_state()), buffer)
-    buffer.seek(0)
-    model, _, optimizer_state, _ = from_payload(torch.load(buffer, weights_only=True))
-    return model, optimizer_state
-
-
 def test_training_learns_a_deterministic_successor(build, cyclic):
     model = build(dropout=0.0)
     windows = cyclic()
@@ -76,7 +66,11 @@ def test_resume_from_a_checkpoint_continues_the_same_loss_curve(
 
     first = Trainer(build(dropout=0.2), config, device="cpu")
     head = losses(first, windows, epochs=2, max_steps=4)
-    model, optimizer_state = through_a_checkpoint(first)
+    buffer = io.BytesIO()
+    vocab = Vocabulary.from_ids(["<pad>", *map(str, range(1, N_ITEMS))])
+    torch.save(to_payload(first.model, vocab, first.optimizer_state()), buffer)
+    buffer.seek(0)
+    model, _, optimizer_state, _ = from_payload(torch.load(buffer, weights_only=True))
     torch.manual_seed(123)  # whatever happens in between must not matter
     tail = losses(Trainer(model, config, optimizer_state, device="cpu"), windows, epochs=2)
     assert len(straight) == 6 and head + tail == straight
