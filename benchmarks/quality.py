@@ -382,6 +382,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--amp", action=argparse.BooleanOptionalAction, default=True,
                         help="our bfloat16 autocast on CUDA")  # fmt: skip
     parser.add_argument("--hours", type=float, help="training-time budget of each side")
+    parser.add_argument("--seed", type=int, default=0, help="both sides' seed")
     parser.add_argument("--data-dir", type=Path, default=DATASETS)
     parser.add_argument("--recbole-python", type=Path, default=RECBOLE_PYTHON)
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
@@ -404,7 +405,7 @@ def run(args: argparse.Namespace) -> dict:
             recipe = Recipe(
                 model, epochs=args.epochs, patience=args.patience, dropout=args.dropout,
                 lr=args.lr, lr_schedule=args.lr_schedule, windows_per_step=args.windows_per_step,
-                hours=args.hours, amp=args.amp,
+                hours=args.hours, amp=args.amp, seed=args.seed,
             )  # fmt: skip
             with tempfile.TemporaryDirectory() as tmp:
                 n_items, split = prepare(dataset, recipe, args.data_dir, Path(tmp))
@@ -437,7 +438,14 @@ def merged(paths: list[Path]) -> dict:
 
 
 def _precision(row: dict) -> str:
-    return " (bf16)" if row.get("precision") == "bf16 autocast" else ""
+    """What sets a row apart from the plain recipe: bf16, a cosine rate, another seed."""
+    recipe = row["recipe"]
+    marks = ["bf16"] if row.get("precision") == "bf16 autocast" else []
+    if recipe.get("lr_schedule", "constant") != "constant" and row["implementation"] == "stackrec":
+        marks.append(f"{recipe['lr_schedule']} over {recipe['epochs']}")
+    if recipe.get("seed"):
+        marks.append(f"seed {recipe['seed']}")
+    return f" ({', '.join(marks)})" if marks else ""
 
 
 def main() -> None:
