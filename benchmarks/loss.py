@@ -34,7 +34,8 @@ sys.path.insert(0, str(ROOT))
 from stackrec import losses  # noqa: E402
 
 SHAPES = {  # targets per step, items + 1 (padding row)
-    "ml-100k, 128 windows": (740, 1_683),
+    "ml-100k, 16 windows": (800, 1_683),  # 1.3M logits: below losses.TILED_ABOVE
+    "ml-100k, 128 windows": (6_400, 1_683),
     "ml-1m, 128 windows": (6_400, 3_707),
     "beauty, 64 windows": (368, 54_543),
     "beauty, 128 windows": (740, 54_543),

@@ -12,11 +12,12 @@ import torch.nn.functional as F
 
 # CPU tiles of the logit matrix: a 512 x 2048 tile (4 MiB) stays in cache between its matmul and
 # its exp, where whole [T, n_items] logits go to memory several times and fault in fresh pages
-# each step. benchmarks/loss.py, 1 and 2 AVX2 cores: 1.6-2.1x faster than materialised logits
-# from 3,200 x 3,707 (ML-1M) to 368 x 54,542 (Beauty), and no slower at 740 x 1,683 (ML-100K).
+# each step. benchmarks/loss.py on 1 and 2 AVX2 cores: 1.3-2.0x faster than materialised logits
+# at the benchmarks' batch shapes, from 6,400 targets x 1,683 items (ML-100K) to 368 x 54,542
+# (Beauty); at about a million logits the two break even.
 ROWS_PER_TILE = 512
 ITEMS_PER_TILE = 2048
-TILED_ABOVE = 2**20  # logits (targets x items) beyond which the CPU path tiles
+TILED_ABOVE = 2**21  # logits (targets x items) beyond which the CPU path tiles
 
 
 def full_cross_entropy(
