@@ -28,10 +28,11 @@ from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from stackrec import losses  # noqa: E402
+from quality import DATASETS, FILES, Recipe, prepare
+
+from stackrec import losses
 
 SHAPES = {  # targets per step, items + 1 (padding row)
     "ml-100k, 16 windows": (800, 1_683),  # 1.3M logits: below losses.TILED_ABOVE
@@ -40,18 +41,14 @@ SHAPES = {  # targets per step, items + 1 (padding row)
     "beauty, 64 windows": (368, 54_543),
     "beauty, 128 windows": (740, 54_543),
 }
-
-
-def paths() -> dict[str, float]:
-    """Values of ``losses.TILED_ABOVE`` that force each path."""
-    return {"materialised": math.inf, "tiled": 0}
+PATHS = {"materialised": math.inf, "tiled": 0}  # losses.TILED_ABOVE forcing each path
 
 
 def alternate(run, repeat: int) -> dict:
     """Median seconds of ``run()`` under each path, the paths taking turns."""
-    times: dict[str, list[float]] = {name: [] for name in paths()}
+    times: dict[str, list[float]] = {name: [] for name in PATHS}
     for rep in range(repeat + 1):  # the first round warms up
-        for name, threshold in paths().items():
+        for name, threshold in PATHS.items():
             losses.TILED_ABOVE = threshold
             began = time.perf_counter()
             run()
@@ -76,8 +73,6 @@ def loss_alone(targets: int, rows: int, repeat: int) -> dict:
 
 def train_steps(steps: int, repeat: int) -> dict:
     """SASRec training steps on Beauty; targets/s under each path."""
-    from quality import DATASETS, Recipe, prepare
-
     from stackrec.sasrec import SASRec, SASRecConfig
     from stackrec.train import TrainConfig, Trainer
 
@@ -109,8 +104,7 @@ def main() -> None:
         },
     }
     print(json.dumps(report["loss"]), file=sys.stderr)
-    beauty = ROOT.parent / "shared" / "datasets" / "beauty"
-    if args.train_steps and beauty.exists():
+    if args.train_steps and (DATASETS / FILES["beauty"]).exists():
         report["train_steps"] = train_steps(args.train_steps, max(1, args.repeat // 3))
     print(json.dumps(report, indent=2))
 
