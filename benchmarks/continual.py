@@ -70,6 +70,8 @@ class Scale:
     windows: int = 8
     dim: int = 32
     blocks: int = 2  # starting depth
+    # Depth does not pay at this scale: with --max-depth 2, seed 1, (c) scores 0.1375 on
+    # ML-1M's last two windows, as at depth 8, and (a) 0.1226 (0.1222 at depth 8).
     max_depth: int = 8
     train_steps: int = 1_000  # per cycle, (a) and (b): a cap; train_epochs decides
     # Passes over a cycle's windows, and replayed windows (every target counted) per batch
@@ -80,7 +82,11 @@ class Scale:
     # gives (a)/(c) 95.8%, 88.9% and 91.1% with seeds 0, 1, 2: the order alone moved (c) by
     # 1.4%, a seed moves (a)/(c) by 7 points, so rows closer than that are not ranked. Neither
     # a uniform replay (half-life 1.0: 95.6%, 89.7%) nor averaging each cycle's last half of
-    # weights (94.5%) did better. On Beauty (half of ML-1M's retrain epochs, so half the
+    # weights (94.5%) did better, nor, with seed 1 (88.9%), replaying the whole log uniformly
+    # each cycle (89.9% at 19.8%), serving a branch annealed to zero over its last 0.5 passes
+    # while the next cycle continues the constant-rate one (89.3%), or shrinking the weights
+    # towards a fresh initialisation before each cycle (Ash & Adams 2020; 0.8: 85.5%, 0.6:
+    # 82.6%). On Beauty (half of ML-1M's retrain epochs, so half the
     # budget), 1.35 passes with 5.0 gives (a)/(c) 99.8%, 114% and 112% at 18.7% with seeds 0,
     # 1, 2; (a) beat (b) on the second half by 1% with seeds 0 and 1 and lost by 8% with seed
     # 2. The product's defaults (8 passes, 0.5 replay) are for streams with many new items per
@@ -148,6 +154,7 @@ def main() -> None:
     parser.add_argument("--retrain-schedule", choices=LR_SCHEDULES, help="warm-up's and (c)'s")
     parser.add_argument("--loss", choices=["auto", "full", "sampled"], help="(a), (b)'s loss")
     parser.add_argument("--negatives", type=int, help="(a), (b)'s sampled-softmax negatives")
+    parser.add_argument("--max-depth", type=int, help="(a)'s deepest model, and so (c)'s depth")
     parser.add_argument("--warmup-epochs", type=int, help="epochs of the shared warm-up")
     parser.add_argument("--seed", type=int, help="every arm's seed (default 0)")
     parser.add_argument("--out", type=Path, default=RESULTS)
@@ -159,6 +166,7 @@ def main() -> None:
         "replay_ratio": args.replay,
         "replay_half_life": args.half_life,
         "warmup_epochs": args.warmup_epochs,
+        "max_depth": args.max_depth,
         "lr": args.lr,
         "cycle_lr": args.cycle_lr,
         "lr_schedule": args.schedule,
