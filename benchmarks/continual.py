@@ -8,7 +8,7 @@ same for every arm); then for each later window, in one run:
 
 - (a) the continual loop with growth (``stackrec.loop.learn_cycle``, the cycle flow's
   sequence: prequential -> maybe stack -> fine-tune with replay -> gate -> top-up), data-volume
-  policy, function-preserving stacking;
+  policy (or `--policy fitted`), function-preserving stacking;
 - (b) the same loop without growth;
 - (c) a full retrain from scratch on everything before the window, at (a)'s depth, for the
   last ``--retrain-windows`` windows (all of them with ``--retrain-windows 0``); its examples
@@ -70,9 +70,11 @@ class Scale:
     windows: int = 8
     dim: int = 32
     blocks: int = 2  # starting depth
-    # Depth does not pay at this scale: with --max-depth 2, seed 1, (c) scores 0.1375 on
-    # ML-1M's last two windows, as at depth 8, and (a) 0.1226 (0.1222 at depth 8).
+    # Depth does not pay at this scale, so growth cannot beat no growth here: with --max-depth
+    # 2, (c) scores NDCG@10 0.1375 on ML-1M's last two windows (seed 1), as at depth 8, and
+    # 0.01053 on Beauty's (seed 0; 0.01055 at depth 8).
     max_depth: int = 8
+    policy: str = "data_volume"  # (a)'s growth policy: data_volume or fitted
     train_steps: int = 1_000  # per cycle, (a) and (b): a cap; train_epochs decides
     # Passes over a cycle's windows, and replayed windows (every target counted) per batch
     # window. On ML-1M at lr 1e-2 against the annealed (c) (0.1389), (a)'s NDCG@10 on the last
@@ -86,10 +88,10 @@ class Scale:
     # each cycle (89.9% at 19.8%), serving a branch annealed to zero over its last 0.5 passes
     # while the next cycle continues the constant-rate one (89.3%), or shrinking the weights
     # towards a fresh initialisation before each cycle (Ash & Adams 2020; 0.8: 85.5%, 0.6:
-    # 82.6%). On Beauty (half of ML-1M's retrain epochs, so half the
-    # budget), 1.35 passes with 5.0 gives (a)/(c) 99.8%, 114% and 112% at 18.7% with seeds 0,
-    # 1, 2; (a) beat (b) on the second half by 1% with seeds 0 and 1 and lost by 8% with seed
-    # 2. The product's defaults (8 passes, 0.5 replay) are for streams with many new items per
+    # 82.6%). On Beauty (half of ML-1M's retrain epochs, so half the budget), 1.35 passes
+    # with 5.0 gives (a)/(c) 90.2%, 112% and 115% at 18.7% with seeds 0, 1, 2 (with the tiled
+    # loss; 99.8%, 114%, 112% before), and (a) trails (b) on the second half by 6%, 7% and 2%.
+    # The product's defaults (8 passes, 0.5 replay) are for streams with many new items per
     # batch: on the synthetic stream 3.5 passes with 2.0 replay leave candidates the gate
     # rejects.
     train_epochs: float = 2.8
@@ -154,6 +156,7 @@ def main() -> None:
     parser.add_argument("--retrain-schedule", choices=LR_SCHEDULES, help="warm-up's and (c)'s")
     parser.add_argument("--loss", choices=["auto", "full", "sampled"], help="(a), (b)'s loss")
     parser.add_argument("--negatives", type=int, help="(a), (b)'s sampled-softmax negatives")
+    parser.add_argument("--policy", choices=["data_volume", "fitted"], help="(a)'s growth")
     parser.add_argument("--max-depth", type=int, help="(a)'s deepest model, and so (c)'s depth")
     parser.add_argument("--warmup-epochs", type=int, help="epochs of the shared warm-up")
     parser.add_argument("--seed", type=int, help="every arm's seed (default 0)")
@@ -167,6 +170,7 @@ def main() -> None:
         "replay_half_life": args.half_life,
         "warmup_epochs": args.warmup_epochs,
         "max_depth": args.max_depth,
+        "policy": args.policy,
         "lr": args.lr,
         "cycle_lr": args.cycle_lr,
         "lr_schedule": args.schedule,
@@ -228,7 +232,7 @@ def replay(name: str, table: pa.Table, scale: Scale) -> dict:
         publish_users=scale.publish_users,
         seed=scale.seed,
     )
-    growth = LoopConfig(cycle=cycle, max_depth=scale.max_depth)
+    growth = LoopConfig(cycle=cycle, growth_policy=scale.policy, max_depth=scale.max_depth)
     flat = replace(growth, growth_policy="none")
     epochs = scale.retrain_epochs[name]
     from_scratch = replace(cycle, lr=scale.lr, lr_schedule=scale.retrain_schedule)
