@@ -151,6 +151,13 @@ class FittedPolicy:
             "relative_gain": float(relative),
             "observations": len(usable),
         }
+        if b <= 0:  # a rising curve is drift, not a plateau: it says nothing about capacity
+            return Decision(
+                False,
+                "fitted",
+                f"loss does not fall with data at depth {now.depth} (B={b:.3g}): no plateau",
+                inputs,
+            )
         if relative < self.min_gain:
             return Decision(
                 True,

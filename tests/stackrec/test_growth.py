@@ -52,6 +52,15 @@ def test_fitted_policy_stacks_when_the_loss_curve_has_flattened():
     assert not FittedPolicy(beta=beta, min_gain=0.01).decide(steep).grow
 
 
+def test_fitted_policy_does_not_read_a_rising_loss_as_a_plateau():
+    # the stream drifts: each cycle's new events are harder than the last's, so the loss
+    # rises with data (Beauty's prequential loss does); that is no case for more capacity
+    rising = history(*[(d, 10, 2, 5.0 + d / 4_000) for d in (1_000, 2_000, 4_000, 8_000)])
+    decision = FittedPolicy().decide(rising)
+    assert not decision.grow and "does not fall with data" in decision.reason
+    assert decision.inputs["B"] < 0
+
+
 def test_fitted_policy_uses_compute_optimal_size_once_two_sizes_were_seen():
     alpha, beta = 0.34, 0.28
 
