@@ -46,7 +46,7 @@ from stackrec.checkpoint import new_model  # noqa: E402
 from stackrec.continual import CycleConfig, Learner  # noqa: E402
 from stackrec.datasets import read_interactions  # noqa: E402
 from stackrec.evaluate import rank_targets  # noqa: E402
-from stackrec.growth import Observation  # noqa: E402
+from stackrec.growth import POLICIES, Observation  # noqa: E402
 from stackrec.loop import LoopConfig, learn_cycle  # noqa: E402
 from stackrec.recommend import top_k  # noqa: E402
 from stackrec.registry import Registry  # noqa: E402
@@ -159,7 +159,7 @@ def main() -> None:
     parser.add_argument("--loss", choices=["auto", "full", "sampled"], help="(a), (b)'s loss")
     parser.add_argument("--negatives", type=int, help="(a), (b)'s sampled-softmax negatives")
     parser.add_argument("--holdout-share", type=float, help="(a), (b)'s gate holdout share")
-    parser.add_argument("--policy", choices=["data_volume", "fitted"], help="(a)'s growth")
+    parser.add_argument("--policy", choices=list(POLICIES), help="(a)'s growth policy")
     parser.add_argument("--max-depth", type=int, help="(a)'s deepest model, and so (c)'s depth")
     parser.add_argument("--warmup-epochs", type=int, help="epochs of the shared warm-up")
     parser.add_argument("--seed", type=int, help="every arm's seed (default 0)")
