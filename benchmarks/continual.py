@@ -163,6 +163,7 @@ def main() -> None:
     parser.add_argument("--max-depth", type=int, help="(a)'s deepest model, and so (c)'s depth")
     parser.add_argument("--warmup-epochs", type=int, help="epochs of the shared warm-up")
     parser.add_argument("--seed", type=int, help="every arm's seed (default 0)")
+    parser.add_argument("--events", type=int, help="events replayed from each data set (a prefix)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--name", help="result file stem (default: continual[-quick])")
     args = parser.parse_args()
@@ -185,6 +186,8 @@ def main() -> None:
     }
     given = {field: value for field, value in flags.items() if value is not None}
     scale = replace(QUICK if args.quick else FULL, **given)
+    if args.events:
+        scale = replace(scale, events=dict.fromkeys(scale.events, args.events))
     torch.set_num_threads(args.threads)
     torch.manual_seed(scale.seed)  # torch 2.13 seeds its global generator at random per process
     began = time.perf_counter()
@@ -199,7 +202,8 @@ def main() -> None:
     for name in args.datasets:
         path, fmt = DATASETS[name]
         tables[name] = read_interactions(path, fmt)
-        log(f"{name}: {tables[name].num_rows} events read; replaying {scale.events[name]}")
+        replayed = min(scale.events[name], tables[name].num_rows)
+        log(f"{name}: {tables[name].num_rows} events read; replaying {replayed}")
         result["datasets"][name] = replay(name, tables[name].slice(0, scale.events[name]), scale)
     first = args.datasets[0]
     result["cycle_10k"] = time_one_cycle(tables[first], scale, first)
