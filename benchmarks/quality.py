@@ -30,7 +30,7 @@ on a machine others are using, ``OMP_NUM_THREADS=1`` was several times faster th
 
     nice -n 10 .venv/bin/python benchmarks/quality.py --datasets ml-100k --epochs 20
     nice -n 10 .venv/bin/python benchmarks/quality.py --datasets beauty --models sasrec \
-        --epochs 200 --patience 8 --dropout 0.5 --windows-per-step 64 --hours 2
+        --epochs 30 --patience 5 --dropout 0.2 --windows-per-step 128 --hours 1.3
 
 On a GPU machine each row can run as its own process (``--implementations ours`` or
 ``recbole``, ``--out DIR`` each), and ``--merge DIR/*.json`` prints them as one table;

@@ -5,7 +5,9 @@
 #   RECBOLE_PYTHON=/work/recbole-venv/bin/python HOURS=0.09 benchmarks/quality_parallel.sh OUT
 #
 # ROWS picks rows as dataset:model:implementation[:one extra flag], e.g. "beauty:sasrec:ours:--no-amp".
-# Beauty rows train with dropout 0.5 and 64 windows per step (the recipe of the note's table).
+# Beauty rows train with dropout 0.2 and 128 windows per step: over three seeds on a CPU this
+# gave SASRec NDCG@10 0.0326 on average (dropout 0.5 with 64 windows: 0.0321 on an H100; the
+# published recipe's dropout, 0.1, gave 0.0326 with seed 0 against 0.2's 0.0327).
 # Timings taken this way share the machine: compare their speed columns as rough ratios only.
 set -euo pipefail
 out=${1:?usage: benchmarks/quality_parallel.sh OUT_DIR}
@@ -17,7 +19,7 @@ mkdir -p "$out"
 for row in $rows; do
   IFS=: read -r data model impl flag <<< "$row"
   name=$data-$model-$impl${flag:-}
-  recipe=(); [ "$data" = beauty ] && recipe=(--dropout 0.5 --windows-per-step 64)
+  recipe=(); [ "$data" = beauty ] && recipe=(--dropout 0.2 --windows-per-step 128)
   OMP_NUM_THREADS=1 "$python" "$here/quality.py" --datasets "$data" --models "$model" \
     --implementations "$impl" --epochs "${EPOCHS:-400}" --patience "${PATIENCE:-10}" \
     --hours "$hours" "${recipe[@]}" ${flag:+"$flag"} \
