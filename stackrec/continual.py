@@ -219,12 +219,12 @@ def rank_and_loss(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Each target's 1-based rank among all items (see ``rank_rows``) and its next-item
     cross-entropy, from one forward pass."""
-    ranks, losses = [torch.zeros(0, dtype=torch.long)], [torch.zeros(0)]
-    for _, scores, target in scored_batches(model, contexts, targets, batch_size):
-        ranks.append(rank_rows(scores, target).cpu())
+    ranks, losses = torch.zeros(len(targets), dtype=torch.long), torch.zeros(len(targets))
+    for rows, scores, target in scored_batches(model, contexts, targets, batch_size):
+        ranks[rows] = rank_rows(scores, target).cpu()
         scores[:, 0] = -torch.inf
-        losses.append(F.cross_entropy(scores.float(), target, reduction="none").cpu())
-    return torch.cat(ranks).numpy(), torch.cat(losses).numpy()
+        losses[rows] = F.cross_entropy(scores.float(), target, reduction="none").cpu()
+    return ranks.numpy(), losses.numpy()
 
 
 def mean_cross_entropy(model: nn.Module, contexts: torch.Tensor, targets: torch.Tensor) -> float:

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from stackrec.ranking import next_item_metrics
+from stackrec.sequences import by_length
 from stackrec.splits import HeldOut
 
 __all__ = ["Protocol", "evaluate_held_out", "next_item_metrics", "rank_targets", "scored_batches"]
@@ -42,15 +43,14 @@ def rank_targets(
     n_items = model.config.n_items
     if len(targets) and not (int(targets.min()) >= 1 and int(targets.max()) < n_items):
         raise ValueError(f"targets must be item indices in [1, {n_items}), got {targets.min()}..")
-    ranks = []
-    for start, scores, target in scored_batches(model, contexts, targets, batch_size, device):
-        context = contexts[start : start + batch_size].to(scores.device)
-        masked = context if exclude_history else None
+    ranks = torch.zeros(len(targets), dtype=torch.long)
+    for rows, scores, target in scored_batches(model, contexts, targets, batch_size, device):
+        masked = contexts[rows].to(scores.device) if exclude_history else None
         if exclude is not None:
-            extra = exclude[start : start + batch_size].to(scores.device)
+            extra = exclude[rows].to(scores.device)
             masked = extra if masked is None else torch.cat([masked, extra], dim=1)
-        ranks.append(rank_rows(scores, target, masked).cpu())
-    return torch.cat(ranks).numpy() if ranks else np.zeros(0, dtype=np.int64)
+        ranks[rows] = rank_rows(scores, target, masked).cpu()
+    return ranks.numpy()
 
 
 def scored_batches(
@@ -59,9 +59,11 @@ def scored_batches(
     targets: torch.Tensor,
     batch_size: int = 512,
     device: str | torch.device | None = None,
-) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
-    """``(start, scores [B, n_items], targets [B])`` per batch of contexts: the same dot product
-    serving uses, the model in eval mode (restored after) on ``device`` (default: where it is)."""
+) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """``(rows [B], scores [B, n_items], targets [B])`` per batch of contexts: the same dot
+    product serving uses, the model in eval mode (restored after) on ``device`` (default: where
+    it is). ``rows`` index ``contexts``: batches hold histories of similar length, so each
+    skips most of its padding (``without_leading_padding``)."""
     if device is None:
         device = next(model.parameters()).device
     model.to(device)
@@ -69,10 +71,11 @@ def scored_batches(
     model.eval()
     try:
         items = model.item_vectors().to(device)
+        order = by_length(contexts)
         for start in range(0, len(targets), batch_size):
-            context = contexts[start : start + batch_size].to(device)
-            scores = model.user_vectors(context) @ items.T
-            yield start, scores, targets[start : start + batch_size].to(device)
+            rows = order[start : start + batch_size]
+            scores = model.user_vectors(contexts[rows].to(device)) @ items.T
+            yield rows, scores, targets[rows].to(device)
     finally:
         model.train(was_training)
 

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from stackrec.sequences import without_leading_padding
 from stackrec.stacking import growth_event, plan_blocks, transfer_weights
 
 DILATION_CYCLE = (1, 4)  # dilation of each block's first conv; its second conv uses twice that
@@ -135,7 +136,7 @@ class NextItNet(nn.Module):
         if bool(empty.any()):
             row = int(empty.nonzero()[0, 0])
             raise ValueError(f"row {row} has no item in its last position (empty or right-padded)")
-        return self(items)[:, -1]
+        return self(without_leading_padding(items))[:, -1]
 
     def grow_items(self, n_items: int) -> None:
         """Append freshly initialised rows for new items; existing rows keep their values."""

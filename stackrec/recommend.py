@@ -32,14 +32,20 @@ def top_k(
     batch_size: int = 512,
     device: str | torch.device = "cpu",
 ) -> TopK:
-    """The ``k`` best items per user; items the user already interacted with are left out."""
+    """The ``k`` best items per user; items the user already interacted with are left out.
+
+    Users are batched shortest history first, so each batch skips most of its padding; the
+    results come back in the order of ``users``.
+    """
     model.eval()
     item_vectors = model.item_vectors().to(device)  # [V, D]
     n_items = item_vectors.shape[0]
     k = min(k, n_items - 1)
+    users = np.asarray(users)
+    order = np.argsort(sequences.lengths_of(users), kind="stable")
     vectors, best = [], []
     for start in range(0, len(users), batch_size):
-        chunk = users[start : start + batch_size]
+        chunk = users[order[start : start + batch_size]]
         contexts = sequences.latest(chunk, model.config.max_len).to(device)
         user_vectors = model.user_vectors(contexts)  # [B, D]
         scores = user_vectors @ item_vectors.T  # [B, V]
@@ -50,10 +56,11 @@ def top_k(
         best.append(scores.topk(k, dim=1).indices.cpu().numpy())
         vectors.append(user_vectors.float().cpu().numpy())
     dim = item_vectors.shape[1]
+    unsort = np.argsort(order)
     return TopK(
-        users=np.asarray(users),
-        user_vectors=np.concatenate(vectors) if vectors else np.zeros((0, dim), np.float32),
-        items=np.concatenate(best) if best else np.zeros((0, k), np.int64),
+        users=users,
+        user_vectors=np.concatenate(vectors)[unsort] if vectors else np.zeros((0, dim), np.float32),
+        items=np.concatenate(best)[unsort] if best else np.zeros((0, k), np.int64),
     )
 
 

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from stackrec.sequences import without_leading_padding
 from stackrec.stacking import growth_event, plan_blocks, transfer_weights
 
 INIT_STD = 0.02  # item tables (and positions); dim**-0.5 learned half as much per epoch
@@ -157,7 +158,7 @@ class SASRec(nn.Module):
         if bool(empty.any()):
             row = int(empty.nonzero()[0, 0])
             raise ValueError(f"row {row} has no item in its last position (empty or right-padded)")
-        return self(items)[:, -1]
+        return self(without_leading_padding(items))[:, -1]
 
     def grow_items(self, n_items: int) -> None:
         """Append freshly initialised rows for new items; existing rows keep their values."""

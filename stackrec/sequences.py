@@ -13,6 +13,23 @@ import numpy as np
 import torch
 
 
+def without_leading_padding(items: torch.Tensor) -> torch.Tensor:
+    """``items`` (``[B, L]``, left padded) less the columns that are padding in every row.
+
+    Both models' outputs at real positions ignore the padding before them, so this changes no
+    result; it saves the compute a batch of short histories would spend on padding (Beauty's
+    users have about 9 items of a 50-item context). Batch rows of similar length together
+    (``by_length``) to make it pay.
+    """
+    real = (items != 0).any(0).nonzero()
+    return items[:, int(real[0, 0]) :] if len(real) else items
+
+
+def by_length(contexts: torch.Tensor) -> torch.Tensor:
+    """Row indices of ``contexts`` (left padded), shortest history first, ties in row order."""
+    return torch.argsort((contexts != 0).sum(1), stable=True)
+
+
 class UnknownUserError(KeyError):
     """A user with no history in these sequences."""
 
@@ -45,6 +62,10 @@ class Sequences:
     @property
     def lengths(self) -> np.ndarray:  # [U]
         return np.diff(self.offsets)
+
+    def lengths_of(self, users: np.ndarray) -> np.ndarray:
+        """History length of each of ``users``; ``UnknownUserError`` for users without one."""
+        return self.lengths[self._rows(users)]
 
     def __len__(self) -> int:
         return len(self.users)

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from stackrec.sequences import Sequences, UnknownUserError
+from stackrec.sequences import Sequences, UnknownUserError, by_length, without_leading_padding
 
 # user 7: items 1, 2, 3, 4, 5 (in time order, given shuffled); user 3: items 9, 8
 USERS = np.array([7, 3, 7, 7, 3, 7, 7])
@@ -72,3 +72,15 @@ def test_rejects_padding_items_and_mismatched_shapes():
         Sequences.from_arrays(np.array([1]), np.array([0]), np.array([0]))
     with pytest.raises(ValueError, match="shapes"):
         Sequences.from_arrays(np.array([1, 2]), np.array([1]), np.array([0]))
+
+
+def test_without_leading_padding_drops_only_columns_padded_in_every_row():
+    items = torch.tensor([[0, 0, 0, 5, 6], [0, 0, 7, 8, 9]])
+    assert without_leading_padding(items).tolist() == [[0, 5, 6], [7, 8, 9]]
+    full = torch.tensor([[1, 2], [0, 3]])
+    assert torch.equal(without_leading_padding(full), full)
+
+
+def test_by_length_puts_short_histories_first_and_keeps_ties_in_order():
+    contexts = torch.tensor([[1, 2, 3], [0, 0, 4], [0, 5, 6], [0, 0, 7]])
+    assert by_length(contexts).tolist() == [1, 3, 2, 0]
