@@ -215,7 +215,7 @@ def _metrics(ranks: np.ndarray, losses: np.ndarray) -> dict[str, float]:
 
 @torch.no_grad()
 def rank_and_loss(
-    model: nn.Module, contexts: torch.Tensor, targets: torch.Tensor, batch_size: int = 512
+    model: nn.Module, contexts: torch.Tensor, targets: torch.Tensor, batch_size: int | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """Each target's 1-based rank among all items (see ``rank_rows``) and its next-item
     cross-entropy, from one forward pass."""

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from stackrec.evaluate import score_rows
 from stackrec.sequences import Sequences
 
 
@@ -29,18 +30,19 @@ def top_k(
     users: np.ndarray,
     k: int,
     exclude_history: bool = True,
-    batch_size: int = 512,
+    batch_size: int | None = None,
     device: str | torch.device = "cpu",
 ) -> TopK:
     """The ``k`` best items per user; items the user already interacted with are left out.
 
     Users are batched shortest history first, so each batch skips most of its padding; the
-    results come back in the order of ``users``.
+    results come back in the order of ``users``. ``batch_size``: ``score_rows``.
     """
     model.eval()
     item_vectors = model.item_vectors().to(device)  # [V, D]
     n_items = item_vectors.shape[0]
     k = min(k, n_items - 1)
+    batch_size = batch_size or score_rows(n_items, device)
     users = np.asarray(users)
     order = np.argsort(sequences.lengths_of(users), kind="stable")
     vectors, best = [], []

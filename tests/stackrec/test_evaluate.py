@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from stackrec.evaluate import Protocol, evaluate_held_out, rank_rows, rank_targets
+from stackrec.evaluate import Protocol, evaluate_held_out, rank_rows, rank_targets, score_rows
 from stackrec.splits import HeldOut
 
 SCORES = torch.tensor([[100.0, 5.0, 3.0, 3.0, 1.0]])  # column 0 is padding
@@ -90,3 +90,20 @@ def test_nan_scores_rank_last():
     scores = torch.tensor([[0.0, float("nan"), 1.0, float("nan")]])
     assert rank_rows(scores, torch.tensor([1])).tolist() == [3]
     assert rank_rows(scores, torch.tensor([2])).tolist() == [1]
+
+
+def test_score_rows_keep_a_cpu_batch_of_scores_near_16_mib():
+    assert score_rows(54_543) == 76  # Beauty: 76 x 54,543 float32 scores = 15.8 MiB
+    assert score_rows(3_617) == 512  # ML-1M: capped
+    assert score_rows(10_000_000) == 16  # at least a few rows per batch
+    assert score_rows(54_543, "cuda") == 512
+
+
+def test_ranks_do_not_depend_on_the_batch_size(build, batch):
+    model = build()
+    contexts, targets = batch(rows=6), torch.arange(1, 7)
+    expected = rank_targets(model, contexts, targets, batch_size=6)
+    for size in (None, 1, 4):
+        np.testing.assert_array_equal(
+            rank_targets(model, contexts, targets, batch_size=size), expected
+        )
