@@ -314,6 +314,7 @@ def cycle_config(settings: Settings) -> CycleConfig:
         sampled_above=settings.sampled_above,
         n_negatives=settings.negatives,
         top_k=settings.top_k,
+        publish_users=settings.publish_users,
         seed=settings.seed,
     )
 

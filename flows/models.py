@@ -110,7 +110,8 @@ def _snapshot(s: Settings, registry: Registry, version: int) -> Snapshot:
     learner = continual.resume_version(registry, version)
     history = InteractionLog(s.log_dir).read(through=learner.trained_through)
     data = continual.prepare(learner, history, history.schema.empty_table(), holdout_share=0.0)
-    recs = continual.recommendations(learner, data, continual.CycleConfig(top_k=s.top_k))
+    config = continual.CycleConfig(top_k=s.top_k, publish_users=s.publish_users)
+    recs = continual.recommendations(learner, data, config)
     return snapshot_of(version, recs, {"model": s.model, "republished": 1})
 
 

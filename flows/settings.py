@@ -81,6 +81,9 @@ class Settings(BaseSettings):
     )
     stack_mode: str = Field("function_preserving", pattern=r"^(function_preserving|faithful)$")
     top_k: int = Field(50, ge=1, description="recommendations published per user")
+    publish_users: int = Field(
+        100_000, ge=1, description="top-K published for this many most recently active users"
+    )
     seed: int = 0
     # metrics
     pushgateway: str | None = Field(None, description="host:port; push metrics after each run")

@@ -57,7 +57,7 @@ class CycleConfig:
     replay_half_life: float = 0.25  # recency weighting: weight halves per this share of users
     holdout_share: float = 0.1  # latest share of the batch held out for the gate
     top_k: int = 50  # recommendations published per user
-    publish_users: int = 100_000  # the most recently active users get published top-K
+    publish_users: int = 100_000  # top-K for the most recently active users (_recent_users)
     popular_k: int = 100  # fallback list for users the version does not know
     seed: int = 0
 
@@ -394,7 +394,11 @@ def recommendations(learner: Learner, data: CycleData, config: CycleConfig) -> R
 
 
 def _recent_users(data: CycleData, limit: int) -> np.ndarray:
-    """Every user while there are at most ``limit``; beyond that, this batch's users."""
-    if len(data.sequences.users) <= limit:
-        return data.sequences.users
-    return data.batch_users[:limit]
+    """Every user while there are at most ``limit``; beyond that, the ``limit`` most recently
+    active (this batch's first). The rest get the version's popular list until they return:
+    top-K for every user costs a full-catalogue ranking each, every cycle."""
+    users = data.sequences.users
+    if len(users) <= limit:
+        return users
+    latest_first = np.argsort(-data.last_active[users], kind="stable")
+    return np.sort(users[latest_first[:limit]])

@@ -92,7 +92,7 @@ def scored_batches(
     model.eval()
     try:
         items = model.item_vectors().to(device)
-        order = by_length(contexts)
+        order = by_length(contexts).cpu()  # index CPU results, whichever device holds contexts
         for start in range(0, len(targets), batch_size):
             rows = order[start : start + batch_size]
             scores = model.user_vectors(contexts[rows].to(device)) @ items.T

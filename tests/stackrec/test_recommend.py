@@ -3,7 +3,10 @@
 import numpy as np
 import torch
 
+from stackrec import continual
+from stackrec.continual import CycleConfig
 from stackrec.recommend import top_k
+from stackrec.registry import Registry
 from stackrec.sequences import Sequences
 
 
@@ -28,3 +31,17 @@ def test_top_k_matches_one_user_at_a_time_when_batches_mix_lengths(build):
         scores[items[users == user]] = -torch.inf  # the user's whole history, not only its context
         torch.testing.assert_close(torch.from_numpy(best.user_vectors[row]), vector)
         assert best.items[row].tolist() == scores.topk(5).indices.tolist()
+
+
+def test_past_the_limit_the_most_recently_active_users_get_top_k(tmp_path, events):
+    learner = continual.resume(Registry(tmp_path), CycleConfig(dim=16, blocks=2, max_len=8))
+    history = events([(f"u{u}", f"i{u % 7}", 10 * u + k) for u in range(30) for k in range(3)])
+    fresh = events([("u3", "i1", 1_000), ("u8", "i2", 1_001), ("u3", "i4", 1_002)])
+    continual.prepare(learner, history.schema.empty_table(), history)
+    data = continual.prepare(learner, history, fresh, holdout_share=0.0)
+
+    recs = continual.recommendations(learner, data, CycleConfig(top_k=3, publish_users=4))
+
+    assert sorted(recs.user_ids) == ["u28", "u29", "u3", "u8"]  # the batch's, then the latest
+    everyone = continual.recommendations(learner, data, CycleConfig(top_k=3))
+    assert len(everyone.user_ids) == 30
