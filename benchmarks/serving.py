@@ -36,6 +36,7 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.continual import DATA, DATASETS  # noqa: E402
 from stackrec.checkpoint import new_model  # noqa: E402
 from stackrec.continual import rank_and_loss  # noqa: E402
 from stackrec.datasets import read_interactions  # noqa: E402
@@ -44,11 +45,6 @@ from stackrec.recommend import top_k  # noqa: E402
 from stackrec.sequences import Sequences  # noqa: E402
 from stackrec.vocab import Vocabulary  # noqa: E402
 
-DATA = ROOT.parent / "shared" / "datasets"
-DATASETS = {
-    "ml-1m": (DATA / "ml-1m" / "ratings_users1-2999.dat.gz", "movielens"),
-    "beauty": (DATA / "beauty" / "beauty.txt.gz", "lines"),
-}
 MAX_LEN, K, BATCH = 50, 50, 512
 
 
