@@ -73,7 +73,9 @@ class Settings(BaseSettings):
         0.1, ge=0, lt=1, description="latest share of a batch for the gate"
     )
     gate_tolerance: float = Field(0.05, ge=0, le=1, description="relative NDCG@10 drop allowed")
-    growth_policy: str = Field("data_volume", pattern=r"^(data_volume|fitted|none)$")
+    growth_policy: str = Field(
+        "fitted", pattern=r"^(data_volume|fitted|none)$", description="when to stack (README)"
+    )
     growth_factor: float = Field(2.0, gt=1, description="data_volume: stack when data grew this x")
     max_depth: int = Field(16, ge=1)
     stack_operator: str = Field(

@@ -30,7 +30,7 @@ from stackrec.train import TrainResult
 @dataclass(frozen=True)
 class LoopConfig:
     cycle: CycleConfig = field(default_factory=CycleConfig)
-    growth_policy: str = "data_volume"  # data_volume | fitted | none
+    growth_policy: str = "fitted"  # fitted | data_volume | none (README: which growth policy)
     growth_factor: float = 2.0  # data_volume: stack when the data grew this many times
     max_depth: int = 16
     stack_operator: str = "adjacent"
