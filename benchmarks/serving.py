@@ -41,7 +41,7 @@ from stackrec.checkpoint import new_model  # noqa: E402
 from stackrec.continual import rank_and_loss  # noqa: E402
 from stackrec.datasets import read_interactions  # noqa: E402
 from stackrec.evaluate import rank_rows  # noqa: E402
-from stackrec.recommend import top_k  # noqa: E402
+from stackrec.recommend import _history, top_k  # noqa: E402
 from stackrec.sequences import Sequences  # noqa: E402
 from stackrec.vocab import Vocabulary  # noqa: E402
 
@@ -57,11 +57,8 @@ def full_width_top_k(model, sequences: Sequences, users: np.ndarray) -> np.ndarr
         chunk = users[start : start + BATCH]
         scores = model(sequences.latest(chunk, MAX_LEN))[:, -1] @ items.T
         scores[:, 0] = -torch.inf
-        lengths = sequences.lengths_of(chunk)
-        rows = np.repeat(np.arange(len(chunk)), lengths)
-        starts = sequences.offsets[np.searchsorted(sequences.users, chunk)]
-        flat = np.concatenate([np.arange(s, s + n) for s, n in zip(starts, lengths, strict=True)])
-        scores[torch.from_numpy(rows), torch.from_numpy(sequences.items[flat])] = -torch.inf
+        rows, cols = _history(sequences, chunk)
+        scores[torch.from_numpy(rows), torch.from_numpy(cols)] = -torch.inf
         best.append(scores.topk(K, dim=1).indices.numpy())
     return np.concatenate(best)
 

@@ -68,10 +68,10 @@ def test_data_volume_growth_stacks_function_preserving_in_the_loop(stack, prefec
 
     settings = Settings.load()
     table = generate(StreamConfig(n_events=3_000, n_users=150, n_items=400, seed=9))
+    data_volume = {"growth_policy": "data_volume", "growth_factor": 2.0}
     reports = []
     for start in (0, 1_000, 2_000):
         replay_table(settings, table.slice(start, 1_000), progress=False)
-        data_volume = {"growth_policy": "data_volume", "growth_factor": 2.0}
         reports.append(continual_cycle(overrides=SMALL | data_volume))
     depths = [r["model_shape"]["depth"] for r in reports]
     assert depths == [2, 4, 4]  # 2,000 events >= 2 x 1,000 seen when depth 2 was reached
