@@ -103,6 +103,7 @@ class Scale:
     train_epochs: float = 2.8
     replay_ratio: float = 5.0
     replay_half_life: float = 0.25  # replay's recency weighting (the product's default)
+    anneal_share: float = 0.0  # (a), (b)'s cool-down branch (CycleConfig.anneal_share)
     batch_size: int = 128
     retrain_epochs: dict = None  # dataset -> epochs of (c) and of the warm-up
     warmup_epochs: int | None = None  # the warm-up's own epochs (None: retrain_epochs)
@@ -156,6 +157,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=float, help="passes over a cycle's windows, (a), (b)")
     parser.add_argument("--replay", type=float, help="replayed windows per new window, (a), (b)")
     parser.add_argument("--half-life", type=float, help="replay's recency half-life, (a), (b)")
+    parser.add_argument("--anneal", type=float, help="(a), (b)'s cool-down share of a cycle")
     parser.add_argument("--lr", type=float, help="every arm's rate (the warm-up's and (c)'s)")
     parser.add_argument("--cycle-lr", type=float, help="(a), (b)'s fine-tuning rate")
     parser.add_argument("--schedule", choices=LR_SCHEDULES, help="(a), (b)'s rate in a cycle")
@@ -179,6 +181,7 @@ def main() -> None:
         "train_epochs": args.epochs,
         "replay_ratio": args.replay,
         "replay_half_life": args.half_life,
+        "anneal_share": args.anneal,
         "warmup_epochs": args.warmup_epochs,
         "max_depth": args.max_depth,
         "policy": args.policy,
@@ -243,6 +246,7 @@ def replay(name: str, table: pa.Table, scale: Scale) -> dict:
         train_epochs=scale.train_epochs,
         replay_ratio=scale.replay_ratio,
         replay_half_life=scale.replay_half_life,
+        anneal_share=scale.anneal_share,
         batch_size=scale.batch_size,
         lr=scale.cycle_lr or scale.lr,
         lr_schedule=scale.lr_schedule,

@@ -302,6 +302,7 @@ def cycle_config(settings: Settings) -> CycleConfig:
         kind=settings.model_kind,
         replay_ratio=settings.replay_ratio,
         holdout_share=settings.holdout_share,
+        anneal_share=settings.anneal_share,
         dim=settings.dim,
         blocks=settings.blocks,
         max_len=settings.max_len,

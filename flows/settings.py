@@ -72,6 +72,9 @@ class Settings(BaseSettings):
     holdout_share: float = Field(
         0.1, ge=0, lt=1, description="latest share of a batch for the gate"
     )
+    anneal_share: float = Field(
+        0.0, ge=0, description="cool-down branch steps per fine-tuning step (0: off; README)"
+    )
     gate_tolerance: float = Field(0.05, ge=0, le=1, description="relative NDCG@10 drop allowed")
     growth_policy: str = Field(
         "fitted", pattern=r"^(data_volume|fitted|none)$", description="when to stack (README)"

@@ -45,21 +45,33 @@ def to_payload(
     vocab: Vocabulary,
     optimizer_state: dict | None = None,
     extra: dict | None = None,
+    trunk: nn.Module | None = None,
 ) -> dict:
-    """Everything needed to rebuild ``model`` and resume training it."""
+    """Everything needed to rebuild ``model`` and resume training it. ``trunk``: the weights
+    training continues from when they are not ``model``'s (see ``stackrec.continual.cool_down``);
+    ``optimizer_state`` is then the trunk's."""
     if len(vocab) != model.config.n_items:
         raise CheckpointError(
             f"vocabulary has {len(vocab)} ids but the item table has {model.config.n_items} rows"
         )
-    return {
+    if trunk is not None and trunk.config != model.config:
+        raise CheckpointError("the trunk's config differs from the model's")
+    payload = {
         "format": FORMAT_VERSION,
         "kind": model.kind,
         "config": dataclasses.asdict(model.config),
-        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "state_dict": _cpu_state(model),
         "vocab": vocab.ids,
         "optimizer_state": optimizer_state,
         "extra": extra or {},
     }
+    if trunk is not None:
+        payload["trunk_state_dict"] = _cpu_state(trunk)
+    return payload
+
+
+def _cpu_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu() for k, v in model.state_dict().items()}
 
 
 def from_payload(
@@ -83,6 +95,16 @@ def from_payload(
     model = model_cls(config)
     _load_state(model, payload["state_dict"])
     return model, vocab, payload.get("optimizer_state"), payload.get("extra") or {}
+
+
+def trunk_from_payload(payload: dict, model: nn.Module) -> nn.Module | None:
+    """The payload's trunk as a model shaped like ``model`` (from ``from_payload``), or None."""
+    state = payload.get("trunk_state_dict")
+    if state is None:
+        return None
+    trunk = type(model)(model.config)
+    _load_state(trunk, state)
+    return trunk
 
 
 def _config(config_cls: type, values: object):

@@ -2,6 +2,7 @@
 
     prepare -> prequential (serving model) -> observe, decide, maybe stack
     -> imprint new items -> fine-tune (loss on the batch's events, plus replay)
+    -> cool down a branch to serve (if configured; training continues the trunk)
     -> gate (candidate vs serving on the holdout) -> top up on the holdout if promoted
 
 The flow runs ``learn_cycle`` as one task between its edges (Kafka, registry, Redis); a
@@ -52,7 +53,7 @@ class CycleOutcome:
     verdict: Verdict
     holdout: dict[str, dict[str, float]]  # the gate's inputs: "candidate" and "serving"
     imprinted: int = 0  # new items whose vectors started from their contexts
-    training: list[TrainResult] = field(default_factory=list)  # fine-tune, then top-up
+    training: list[TrainResult] = field(default_factory=list)  # fine-tune, cool-down, top-up
     stages_s: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -101,6 +102,7 @@ def learn_cycle(
         quality = continual.prequential(learner, data)
         serving_holdout = quality["holdout"]  # the same model on the same events
     with clock("stack"):
+        continual.continue_trunk(learner)
         continual.observe(learner, data, quality)
         decision = decide(learner, config)
         event = continual.grow(learner, decision, config.stack_operator, config.stack_mode)
@@ -109,6 +111,7 @@ def learn_cycle(
         max_len = learner.model.config.max_len
         windows, counted = continual.training_windows(data, config.cycle, max_len)
         tuned = continual.fine_tune(learner, windows, config.cycle, counted)
+        cooled = continual.cool_down(learner, data, config.cycle, tuned.steps if tuned else 0)
     with clock("gate"):
         candidate = continual.holdout_metrics(learner.model, data)
         verdict = judge(
@@ -131,7 +134,7 @@ def learn_cycle(
         verdict=verdict,
         holdout={"candidate": candidate, "serving": serving_holdout},
         imprinted=imprinted,
-        training=[r for r in (tuned, topped) if r is not None],
+        training=[r for r in (tuned, cooled, topped) if r is not None],
         stages_s=stages,
     )
 

@@ -1,0 +1,117 @@
+"""The cool-down branch: the cycle serves an annealed copy and keeps training the trunk."""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import replace
+
+import pytest
+import torch
+
+from stackrec import continual
+from stackrec.checkpoint import CheckpointError, new_model, to_payload, trunk_from_payload
+from stackrec.continual import CycleConfig
+from stackrec.loop import LoopConfig, learn_cycle
+from stackrec.registry import Registry
+from stackrec.synthetic import StreamConfig, generate
+from stackrec.vocab import Vocabulary
+
+CYCLE = CycleConfig(dim=16, max_len=20, train_steps=12, holdout_share=0.2, anneal_share=0.5)
+
+
+@pytest.fixture(scope="module")
+def table():
+    return generate(
+        StreamConfig(n_events=3_000, n_users=90, n_items=240, initial_items=0.5, seed=11)
+    )
+
+
+def first_cycle(tmp_path, table, cycle=CYCLE, **loop):
+    learner = continual.resume(Registry(tmp_path), cycle)
+    config = LoopConfig(cycle=cycle, **loop)
+    return learn_cycle(learner, table.schema.empty_table(), table[:1_000], config), config
+
+
+def same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
+    return all(torch.equal(v, b.state_dict()[k]) for k, v in a.state_dict().items())
+
+
+def test_the_served_branch_is_what_the_gate_judged_and_the_trunk_differs(tmp_path, table):
+    outcome, _ = first_cycle(tmp_path, table)
+    learner = outcome.candidate
+    assert learner.trunk is not None and not same_weights(learner.model, learner.trunk)
+    # the top-up after the gate trained the trunk, not the branch the gate scored
+    assert continual.holdout_metrics(learner.model, outcome.data) == outcome.holdout["candidate"]
+    tuned, cooled = outcome.training[:2]
+    assert cooled.steps == math.ceil(0.5 * tuned.steps)  # anneal_share of the fine-tune
+    assert outcome.train_targets == sum(r.targets for r in outcome.training)
+
+
+def test_without_a_cool_down_the_model_is_the_trunk(tmp_path, table):
+    outcome, _ = first_cycle(tmp_path, table, cycle=replace(CYCLE, anneal_share=0.0))
+    assert outcome.candidate.trunk is None and len(outcome.training) == 2  # fine-tune, top-up
+
+
+def test_the_next_cycle_scores_the_branch_and_trains_the_trunk(tmp_path, table, monkeypatch):
+    first, config = first_cycle(tmp_path, table)
+    served, trunk = first.learner.model, first.learner.trunk
+    trained_from = []
+    fine_tune = continual.fine_tune
+
+    def spy(learner, windows, cycle, counted=None):
+        trained_from.append(copy.deepcopy(learner.model))
+        return fine_tune(learner, windows, cycle, counted)
+
+    monkeypatch.setattr(continual, "fine_tune", spy)
+    second = learn_cycle(first.learner, table[:1_000], table[1_000:2_000], config)
+    n_old = trunk.config.n_items  # rows the trunk had; the batch's new items were added
+    start = trained_from[0].state_dict()
+    for name, value in trunk.state_dict().items():
+        assert torch.equal(start[name][:n_old] if "embedding" in name or "output" in name
+                           else start[name], value), name  # fmt: skip
+    branch = copy.deepcopy(first.learner)
+    data = continual.prepare(branch, table[:1_000], table[1_000:2_000], CYCLE.holdout_share)
+    assert continual.prequential(branch, data) == second.prequential  # the branch was scored
+    assert same_weights(first.learner.model, served)  # the caller's learner is untouched
+
+
+def test_new_items_get_the_same_rows_in_the_branch_and_the_trunk(tmp_path, table):
+    first, _ = first_cycle(tmp_path, table)
+    learner = copy.deepcopy(first.learner)
+    data = continual.prepare(learner, table[:1_000], table[1_000:2_000])
+    assert data.n_new_items > 0
+    n = len(learner.vocab)
+    assert learner.model.config.n_items == learner.trunk.config.n_items == n
+    new = slice(n - data.n_new_items, n)
+    assert torch.equal(learner.model.output.weight[new], learner.trunk.output.weight[new])
+
+
+def test_stacking_deepens_the_trunk_and_the_served_branch(tmp_path, table):
+    first, config = first_cycle(tmp_path, table, growth_policy="data_volume")
+    second = learn_cycle(first.learner, table[:1_000], table[1_000:2_000], config)
+    assert second.growth["grow"]
+    assert second.candidate.model.depth == second.candidate.trunk.depth == 4
+
+
+def test_the_trunk_survives_the_registry(tmp_path, table):
+    outcome, _ = first_cycle(tmp_path, table)
+    registry = Registry(tmp_path / "registry")
+    version = continual.save(registry, outcome.candidate, {})
+    loaded = continual.resume_version(registry, version)
+    assert same_weights(loaded.model, outcome.candidate.model)
+    assert same_weights(loaded.trunk, outcome.candidate.trunk)
+
+
+def test_a_tampered_or_mismatched_trunk_is_refused():
+    model = new_model("nextitnet", 0, n_items=5, dim=8, n_blocks=2, max_len=6)
+    vocab = Vocabulary()
+    vocab.add(["a", "b", "c", "d"])
+    payload = to_payload(model, vocab, trunk=copy.deepcopy(model))
+    assert same_weights(trunk_from_payload(payload, model), model)
+    payload["trunk_state_dict"]["embedding.weight"][1, 0] = float("nan")
+    with pytest.raises(CheckpointError, match="non-finite"):
+        trunk_from_payload(payload, model)
+    deeper = new_model("nextitnet", 0, n_items=5, dim=8, n_blocks=4, max_len=6)
+    with pytest.raises(CheckpointError, match="trunk's config"):
+        to_payload(model, vocab, trunk=deeper)
