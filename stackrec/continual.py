@@ -59,7 +59,7 @@ class CycleConfig:
     holdout_share: float = 0.1  # latest share of the batch held out for the gate
     # A cool-down branch (cool_down): steps as a share of the cycle's fine-tuning steps, on
     # windows drawn uniformly from the whole log, the rate falling from lr to 0. The branch is
-    # gated and served; the next cycle continues the constant-rate trunk. 0: off.
+    # served; the next cycle continues the constant-rate trunk. 0: off.
     anneal_share: float = 0.0
     top_k: int = 50  # recommendations published per user
     publish_users: int = 100_000  # top-K for the most recently active users (_recent_users)
@@ -369,20 +369,20 @@ def cool_down(
     learner: Learner, data: CycleData, config: CycleConfig, tuned_steps: int
 ) -> TrainResult | None:
     """Branch off the trained model and anneal the branch, which becomes ``learner.model``
-    (served, and judged by the gate); the un-annealed weights become ``learner.trunk``, which
-    the next cycle continues at the constant rate (warmup-stable-decay: Hägele et al. 2024).
+    (served); the un-annealed weights become ``learner.trunk``, which the next cycle continues
+    at the constant rate (warmup-stable-decay: Hägele et al. 2024).
 
     A constant rate learns each batch quickly but leaves the weights noisy, and a rate annealed
     within every cycle restarts from a settled model each time. Annealing a copy gets both.
     ``anneal_share`` of the cycle's ``tuned_steps``, on windows drawn uniformly from the
     whole log (the settled model should fit all of it, not the latest batch), the rate cosine
-    from ``lr`` to 0. On all of ML-1M, one pass over the log before windows 6 and 7 lifted
-    the served model's NDCG@10 from 95.6% to 97.6% of a retrain from scratch (seed 0).
+    from ``lr`` to 0. Runs after the gate and the top-up: the gate judged the trunk, whose
+    divergence it exists to catch; the branch learns nothing the trunk has not.
     """
     if config.anneal_share <= 0 or tuned_steps == 0:
         return None
     steps = math.ceil(config.anneal_share * tuned_steps)
-    windows = data.train_sequences.windows(learner.model.config.max_len)
+    windows = data.sequences.windows(learner.model.config.max_len)
     rng = np.random.default_rng(config.seed + data.n_events + 1)
     picked = rng.choice(len(windows), min(len(windows), steps * config.batch_size), replace=False)
     windows = windows[torch.from_numpy(np.sort(picked))]
@@ -396,21 +396,14 @@ def cool_down(
 
 def top_up(learner: Learner, data: CycleData, config: CycleConfig) -> TrainResult | None:
     """After the gate: a proportional number of steps on the held-out users' latest windows,
-    so the holdout slice is trained on too before the version is registered. With a cooled-down
-    branch, the trunk learns them (the branch is served as the gate judged it), and the served
-    model sees them from the next cycle on."""
+    so the holdout slice is trained on too before the version is registered."""
     if len(data.holdout_users) == 0:
         return None
     steps = max(1, math.ceil(config.train_steps * config.holdout_share))
     max_len = learner.model.config.max_len
     windows = data.sequences.windows(max_len, users=data.holdout_users)
     counted = data.sequences.window_flags(max_len, data.is_holdout, data.holdout_users)
-    if learner.trunk is None:
-        return fine_tune(learner, windows, replace(config, train_steps=steps), counted)
-    trunk = Learner(learner.trunk, learner.vocab, learner.optimizer_state)
-    result = fine_tune(trunk, windows, replace(config, train_steps=steps), counted)
-    learner.trunk, learner.optimizer_state = trunk.model, trunk.optimizer_state
-    return result
+    return fine_tune(learner, windows, replace(config, train_steps=steps), counted)
 
 
 def save(registry: Registry, learner: Learner, meta: dict[str, Any]) -> int:

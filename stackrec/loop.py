@@ -2,8 +2,8 @@
 
     prepare -> prequential (serving model) -> observe, decide, maybe stack
     -> imprint new items -> fine-tune (loss on the batch's events, plus replay)
-    -> cool down a branch to serve (if configured; training continues the trunk)
     -> gate (candidate vs serving on the holdout) -> top up on the holdout if promoted
+    -> cool down a branch to serve (if configured; the next cycle continues the trunk)
 
 The flow runs ``learn_cycle`` as one task between its edges (Kafka, registry, Redis); a
 benchmark or a notebook calls it directly. The serving learner is never changed: the candidate
@@ -53,7 +53,7 @@ class CycleOutcome:
     verdict: Verdict
     holdout: dict[str, dict[str, float]]  # the gate's inputs: "candidate" and "serving"
     imprinted: int = 0  # new items whose vectors started from their contexts
-    training: list[TrainResult] = field(default_factory=list)  # fine-tune, cool-down, top-up
+    training: list[TrainResult] = field(default_factory=list)  # fine-tune, top-up, cool-down
     stages_s: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -111,7 +111,6 @@ def learn_cycle(
         max_len = learner.model.config.max_len
         windows, counted = continual.training_windows(data, config.cycle, max_len)
         tuned = continual.fine_tune(learner, windows, config.cycle, counted)
-        cooled = continual.cool_down(learner, data, config.cycle, tuned.steps if tuned else 0)
     with clock("gate"):
         candidate = continual.holdout_metrics(learner.model, data)
         verdict = judge(
@@ -125,6 +124,10 @@ def learn_cycle(
         topped = continual.top_up(learner, data, config.cycle) if verdict.promote else None
         if topped is not None and not math.isfinite(topped.mean_loss):
             verdict = Verdict(False, f"top-up on the holdout diverged: {topped.mean_loss}")
+    cooled = None
+    if verdict.promote and config.cycle.anneal_share > 0:
+        with clock("cool_down"):
+            cooled = continual.cool_down(learner, data, config.cycle, tuned.steps if tuned else 0)
     return CycleOutcome(
         candidate=learner,
         serving=serving,
@@ -134,7 +137,7 @@ def learn_cycle(
         verdict=verdict,
         holdout={"candidate": candidate, "serving": serving_holdout},
         imprinted=imprinted,
-        training=[r for r in (tuned, cooled, topped) if r is not None],
+        training=[r for r in (tuned, topped, cooled) if r is not None],
         stages_s=stages,
     )
 

@@ -37,15 +37,22 @@ def same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
     return all(torch.equal(v, b.state_dict()[k]) for k, v in a.state_dict().items())
 
 
-def test_the_served_branch_is_what_the_gate_judged_and_the_trunk_differs(tmp_path, table):
+def test_a_promoted_cycle_serves_an_annealed_branch_of_the_topped_up_trunk(tmp_path, table):
     outcome, _ = first_cycle(tmp_path, table)
     learner = outcome.candidate
-    assert learner.trunk is not None and not same_weights(learner.model, learner.trunk)
-    # the top-up after the gate trained the trunk, not the branch the gate scored
-    assert continual.holdout_metrics(learner.model, outcome.data) == outcome.holdout["candidate"]
-    tuned, cooled = outcome.training[:2]
+    assert outcome.promoted and learner.trunk is not None
+    assert not same_weights(learner.model, learner.trunk)
+    tuned, topped, cooled = outcome.training
     assert cooled.steps == math.ceil(0.5 * tuned.steps)  # anneal_share of the fine-tune
-    assert outcome.train_targets == sum(r.targets for r in outcome.training)
+    assert outcome.train_targets == tuned.targets + topped.targets + cooled.targets
+    assert "cool_down" in outcome.stages_s
+
+
+def test_a_rejected_cycle_cools_nothing_down(tmp_path, table):
+    first, config = first_cycle(tmp_path, table)
+    sabotaged = replace(config, cycle=replace(CYCLE, lr=1e4))
+    bad = learn_cycle(first.learner, table[:1_000], table[1_000:2_000], sabotaged)
+    assert not bad.promoted and len(bad.training) == 1 and "cool_down" not in bad.stages_s
 
 
 def test_without_a_cool_down_the_model_is_the_trunk(tmp_path, table):
