@@ -25,7 +25,17 @@ from flows.settings import Settings
 from stackrec.registry import Registry
 from streaming.log import InteractionLog, Segment
 
-STAGES = ("consume", "validate", "log", "sequences", "evaluate", "stack", "train", "gate")
+STAGES = (
+    "consume",
+    "validate",
+    "log",
+    "sequences",
+    "evaluate",
+    "stack",
+    "train",
+    "gate",
+    "cool_down",
+)
 FIGURES = ("quality", "depth", "events", "stages", "freshness")
 
 
