@@ -146,14 +146,11 @@ def prepare(
     columns = ["user_id", "item_id", "ts"]
     history, fresh = _in_time_order(history.select(columns)), _in_time_order(fresh.select(columns))
     learner.vocab.add(fresh.column("item_id").to_pylist())
-    if len(learner.vocab) > learner.model.config.n_items:
-        with torch.random.fork_rng(devices=[]):  # new rows depend on the log, not the process
-            torch.manual_seed(learner.model.config.n_items)
-            learner.model.grow_items(len(learner.vocab))
-        if learner.trunk is not None:  # the same new rows: the seed is the old row count
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(learner.trunk.config.n_items)
-                learner.trunk.grow_items(len(learner.vocab))
+    for model in (learner.model, learner.trunk):  # the trunk gets the same new rows
+        if model is not None and len(learner.vocab) > model.config.n_items:
+            with torch.random.fork_rng(devices=[]):  # new rows depend on the log, not the process
+                torch.manual_seed(model.config.n_items)
+                model.grow_items(len(learner.vocab))
     events = pa.concat_tables([history, fresh])
     encoded = pc.dictionary_encode(events.column("user_id")).combine_chunks()
     items = learner.vocab.lookup(np.asarray(events.column("item_id").to_pylist(), dtype=object))
