@@ -379,10 +379,10 @@ def cool_down(
     if config.anneal_share <= 0 or tuned_steps == 0:
         return None
     steps = math.ceil(config.anneal_share * tuned_steps)
-    windows = data.sequences.windows(learner.model.config.max_len)
     rng = np.random.default_rng(config.seed + data.n_events + 1)
-    picked = rng.choice(len(windows), min(len(windows), steps * config.batch_size), replace=False)
-    windows = windows[torch.from_numpy(np.sort(picked))]
+    windows = data.sequences.sample_windows(
+        learner.model.config.max_len, steps * config.batch_size, rng
+    )
     settle = replace(config.train_config(), lr_schedule="cosine", lr_floor=0.0)
     trainer = Trainer(copy.deepcopy(learner.model), settle, copy.deepcopy(learner.optimizer_state))
     n_batches = math.ceil(len(windows) / config.batch_size)

@@ -87,8 +87,7 @@ class Sequences:
         item after a user's first is the target of exactly one window. Earlier windows are left
         padded with 0; a target counts only where its input is a real item.
         """
-        at = self._window_events(max_len, users)
-        return torch.from_numpy(np.where(at >= 0, self.items[np.maximum(at, 0)], 0))
+        return self._items_at(self._window_events(max_len, users))
 
     def window_flags(
         self, max_len: int, flags: np.ndarray, users: np.ndarray | None = None
@@ -99,14 +98,33 @@ class Sequences:
         by_position = np.asarray(flags, dtype=bool)[self.order]
         return torch.from_numpy(np.where(at >= 0, by_position[np.maximum(at, 0)], False))
 
-    def _window_events(self, max_len: int, users: np.ndarray | None) -> np.ndarray:
-        """``[N, max_len + 1]`` index into ``items`` of each window position, -1 for padding."""
+    def sample_windows(self, max_len: int, n: int, rng: np.random.Generator) -> torch.Tensor:
+        """``n`` of ``windows(max_len)``, drawn uniformly without replacement, in their order;
+        only the drawn windows are built, so a sample of a long log costs what the sample does."""
+        total = int(self._windows_per_user(max_len, self.lengths).sum())
+        picked = np.sort(rng.choice(total, min(n, total), replace=False))
+        return self._items_at(self._window_events(max_len, None, picked))
+
+    def _items_at(self, at: np.ndarray) -> torch.Tensor:
+        """The item at each index of ``at``, 0 (padding) where it is -1."""
+        return torch.from_numpy(np.where(at >= 0, self.items[np.maximum(at, 0)], 0))
+
+    @staticmethod
+    def _windows_per_user(max_len: int, lengths: np.ndarray) -> np.ndarray:
+        return np.where(lengths >= 2, (lengths - 2) // max_len + 1, 0)
+
+    def _window_events(
+        self, max_len: int, users: np.ndarray | None, picked: np.ndarray | None = None
+    ) -> np.ndarray:
+        """``[N, max_len + 1]`` index into ``items`` of each window position, -1 for padding:
+        every window of ``users`` (None: everyone), or those numbered ``picked`` among them."""
         rows = np.arange(len(self.users)) if users is None else self._rows(users)
         starts, lengths = self.offsets[rows], self.lengths[rows]
-        per_user = np.where(lengths >= 2, (lengths - 2) // max_len + 1, 0)
-        user_of = np.repeat(np.arange(len(rows)), per_user)
-        first_window = np.cumsum(per_user) - per_user
-        j = np.arange(len(user_of)) - first_window[user_of]  # 0 = the most recent window
+        per_user = self._windows_per_user(max_len, lengths)
+        ends = np.cumsum(per_user)
+        window = np.arange(ends[-1] if len(ends) else 0) if picked is None else picked
+        user_of = np.searchsorted(ends, window, side="right")
+        j = window - (ends - per_user)[user_of]  # 0 = the most recent window
         end = lengths[user_of] - j * max_len  # one past the window's last item, user-local
         local = end[:, None] - (max_len + 1) + np.arange(max_len + 1)
         return np.where(local >= 0, local + starts[user_of][:, None], -1)

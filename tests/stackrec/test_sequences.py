@@ -54,6 +54,22 @@ def test_windows_for_selected_users_and_short_histories():
         seqs.windows(3, users=np.array([99]))
 
 
+def test_sample_windows_draws_distinct_windows_in_order_without_building_the_rest():
+    # user 1: one item (no window), user 2: 7 items (3 windows of 2), user 3: 3 items (1)
+    users = np.array([1] + [2] * 7 + [3] * 3)
+    seqs = Sequences.from_arrays(users, np.arange(1, 12), np.arange(11))
+    every = seqs.windows(2)
+    assert len(every) == 4
+    drawn = seqs.sample_windows(2, 3, np.random.default_rng(5))
+    rows = [every.tolist().index(w) for w in drawn.tolist()]
+    assert len(set(rows)) == 3 and rows == sorted(rows)
+    expected = np.sort(np.random.default_rng(5).choice(4, 3, replace=False))
+    assert rows == expected.tolist()  # the same draw as picking from windows(): no bias
+    assert seqs.sample_windows(2, 10, np.random.default_rng(0)).tolist() == every.tolist()
+    empty = Sequences.from_arrays(*(np.array([], dtype=np.int64),) * 3)
+    assert empty.sample_windows(2, 3, np.random.default_rng(0)).shape == (0, 3)
+
+
 def test_latest_is_left_padded_tail():
     assert make().latest(np.array([7, 3]), 3).tolist() == [[3, 4, 5], [0, 9, 8]]
 
