@@ -53,7 +53,8 @@ class CycleOutcome:
     verdict: Verdict
     holdout: dict[str, dict[str, float]]  # the gate's inputs: "candidate" and "serving"
     imprinted: int = 0  # new items whose vectors started from their contexts
-    training: list[TrainResult] = field(default_factory=list)  # fine-tune, top-up, cool-down
+    # each training phase that ran, in order: fine_tune, top_up, cool_down
+    training: dict[str, TrainResult] = field(default_factory=dict)
     stages_s: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -67,11 +68,11 @@ class CycleOutcome:
 
     @property
     def train_seconds(self) -> float:
-        return sum(r.seconds for r in self.training)
+        return sum(r.seconds for r in self.training.values())
 
     @property
     def train_targets(self) -> int:
-        return sum(r.targets for r in self.training)
+        return sum(r.targets for r in self.training.values())
 
 
 def decide(learner: Learner, config: LoopConfig) -> Decision:
@@ -128,6 +129,8 @@ def learn_cycle(
     if verdict.promote and config.cycle.anneal_share > 0:
         with clock("cool_down"):
             cooled = continual.cool_down(learner, data, config.cycle, tuned.steps if tuned else 0)
+        if cooled is not None and not math.isfinite(cooled.mean_loss):  # the gate judged the trunk
+            verdict = Verdict(False, f"cool-down of the candidate diverged: {cooled.mean_loss}")
     return CycleOutcome(
         candidate=learner,
         serving=serving,
@@ -137,7 +140,11 @@ def learn_cycle(
         verdict=verdict,
         holdout={"candidate": candidate, "serving": serving_holdout},
         imprinted=imprinted,
-        training=[r for r in (tuned, topped, cooled) if r is not None],
+        training={
+            phase: result
+            for phase, result in (("fine_tune", tuned), ("top_up", topped), ("cool_down", cooled))
+            if result is not None
+        },
         stages_s=stages,
     )
 

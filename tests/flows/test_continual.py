@@ -48,8 +48,15 @@ def test_gate_rejects_sabotage_then_loop_recovers_and_rolls_back(stack, prefect_
     assert log.manifest().trained_through == trained_after_first  # cursor unmoved
 
     replay_table(settings, table.slice(4_000, 2_000), progress=False)
-    third = continual_cycle(overrides=SMALL)
+    examples = metrics.TRAINING_EXAMPLES.labels(settings.model)._value.get()
+    third = continual_cycle(overrides=SMALL | {"anneal_share": 0.5})  # serves a cooled branch
     assert third["outcome"] == "published" and third["parent"] == 1
+    phases = third["training"]["phases"]
+    assert list(phases) == ["fine_tune", "top_up", "cool_down"]
+    assert third["training"]["targets"] == sum(p["targets"] for p in phases.values())
+    assert metrics.TRAINING_EXAMPLES.labels(settings.model)._value.get() == (
+        examples + third["training"]["targets"]
+    )
     assert third["events"]["to_train"] == 4_000  # redoes the rejected cycle's events too
     version, items = read_vectors(stack.redis, "items")
     assert version == 3

@@ -42,7 +42,8 @@ def test_a_promoted_cycle_serves_an_annealed_branch_of_the_topped_up_trunk(tmp_p
     learner = outcome.candidate
     assert outcome.promoted and learner.trunk is not None
     assert not same_weights(learner.model, learner.trunk)
-    tuned, topped, cooled = outcome.training
+    assert list(outcome.training) == ["fine_tune", "top_up", "cool_down"]
+    tuned, topped, cooled = outcome.training.values()
     assert cooled.steps == math.ceil(0.5 * tuned.steps)  # anneal_share of the fine-tune
     assert outcome.train_targets == tuned.targets + topped.targets + cooled.targets
     assert "cool_down" in outcome.stages_s
@@ -52,12 +53,25 @@ def test_a_rejected_cycle_cools_nothing_down(tmp_path, table):
     first, config = first_cycle(tmp_path, table)
     sabotaged = replace(config, cycle=replace(CYCLE, lr=1e4))
     bad = learn_cycle(first.learner, table[:1_000], table[1_000:2_000], sabotaged)
-    assert not bad.promoted and len(bad.training) == 1 and "cool_down" not in bad.stages_s
+    assert not bad.promoted and list(bad.training) == ["fine_tune"]
+    assert "cool_down" not in bad.stages_s
 
 
 def test_without_a_cool_down_the_model_is_the_trunk(tmp_path, table):
     outcome, _ = first_cycle(tmp_path, table, cycle=replace(CYCLE, anneal_share=0.0))
-    assert outcome.candidate.trunk is None and len(outcome.training) == 2  # fine-tune, top-up
+    assert outcome.candidate.trunk is None and list(outcome.training) == ["fine_tune", "top_up"]
+
+
+def test_a_diverging_cool_down_rejects_the_cycle(tmp_path, table, monkeypatch):
+    cool_down = continual.cool_down
+
+    def exploding(learner, data, cycle, steps):  # only the branch's rate is sabotaged
+        return cool_down(learner, data, replace(cycle, lr=1e12), steps)
+
+    monkeypatch.setattr(continual, "cool_down", exploding)
+    outcome, _ = first_cycle(tmp_path, table)
+    assert not outcome.promoted and "cool-down" in outcome.verdict.reason
+    assert outcome.learner is outcome.serving
 
 
 def test_the_next_cycle_scores_the_branch_and_trains_the_trunk(tmp_path, table, monkeypatch):
