@@ -349,11 +349,19 @@ def fine_tune(
     if len(windows) == 0 or steps == 0:
         return None
     trainer = Trainer(learner.model, config.train_config(), optimizer_state=learner.optimizer_state)
-    # ceil(epochs * n_batches) == steps: the schedule completes, nothing left to resume
-    result = trainer.fit(windows, epochs=(steps - 0.5) / n_batches, counted=counted)
+    result = fit_steps(trainer, windows, steps, counted)
     learner.optimizer_state = trainer.optimizer_state()
     learner.model = trainer.model.cpu()
     return result
+
+
+def fit_steps(
+    trainer: Trainer, windows: torch.Tensor, steps: int, counted: torch.Tensor | None = None
+) -> TrainResult:
+    """Exactly ``steps`` optimizer steps over ``windows`` (passes as needed): the epochs are
+    chosen so that ceil(epochs * batches) == steps, so the rate's schedule completes."""
+    n_batches = math.ceil(len(windows) / trainer.config.batch_size)
+    return trainer.fit(windows, epochs=(steps - 0.5) / n_batches, counted=counted)
 
 
 def continue_trunk(learner: Learner) -> None:
@@ -385,8 +393,7 @@ def cool_down(
     )
     settle = replace(config.train_config(), lr_schedule="cosine", lr_floor=0.0)
     trainer = Trainer(copy.deepcopy(learner.model), settle, copy.deepcopy(learner.optimizer_state))
-    n_batches = math.ceil(len(windows) / config.batch_size)
-    result = trainer.fit(windows, epochs=(steps - 0.5) / n_batches)
+    result = fit_steps(trainer, windows, steps)
     learner.trunk, learner.model = learner.model, trainer.model.cpu()
     return result
 
