@@ -273,7 +273,7 @@ def replay(name: str, table: pa.Table, scale: Scale) -> dict:
     log(f"{name}: warm-up on {bounds[1]} events, {warm_fit['seconds']:.1f} s")
     arms = {"a": Arm(copy.deepcopy(warm), growth, int(bounds[1])), "b": Arm(warm, flat, bounds[1])}
     retrain_from = 1 if scale.retrain_windows == 0 else scale.windows - scale.retrain_windows
-    early, windows, learned = None, [], {}
+    early, windows, learned, a_minus_b = None, [], {}, []
     for w in range(1, scale.windows):
         start, end = int(bounds[w]), int(bounds[w + 1])
         record = {"window": w, "events": end - start, "history": start}
@@ -290,6 +290,8 @@ def replay(name: str, table: pa.Table, scale: Scale) -> dict:
                 record[key] |= {"early_slice_drop": drop, "early_slice_drop_se": se}
             elif record[key]["promoted"]:
                 learned[key] = scores
+        if w > (scale.windows - 1) // 2:  # the second half: is (a)'s lead over (b) signal?
+            a_minus_b.append(paired_ndcg_gain(arms["a"].last, arms["b"].last))
         run_c = w >= retrain_from
         record["c"] = c_window(table, start, end, serving_depth, from_scratch, epochs, run_c)
         windows.append(record)
@@ -303,7 +305,8 @@ def replay(name: str, table: pa.Table, scale: Scale) -> dict:
         "events": table.num_rows,
         "windows": windows,
         "warm_up": warm_fit,
-        "summary": summarise(windows, warm_fit, scale),
+        "summary": summarise(windows, warm_fit, scale)
+        | {"a_minus_b_second_half": paired(a_minus_b)},
     }
 
 
@@ -346,6 +349,31 @@ class Arm:
             "wall_s": round(wall, 3),
             "freshness_s": round(wall, 3),  # newest event of the window -> servable version
         }
+
+
+def paired_ndcg_gain(a, b) -> np.ndarray:
+    """Per event of the window, NDCG@10 of (a)'s serving model minus (b)'s, on the same events
+    with the same contexts; events with items the serving models have not seen yet are left
+    out (empty if a rejected cycle left the arms on different events)."""
+    if a.data.n_events != b.data.n_events or a.data.is_new.sum() != b.data.is_new.sum():
+        return np.array([])
+    max_len = a.serving.model.config.max_len
+    contexts, targets, _ = a.data.sequences.contexts_for(a.data.is_new, max_len)
+    n_items = min(arm.serving.model.config.n_items for arm in (a, b))
+    known = (targets < n_items) & (contexts.max(1).values < n_items)
+    ranks = [rank_targets(arm.serving.model, contexts[known], targets[known]) for arm in (a, b)]
+    ndcg = [np.where(r <= 10, 1.0 / np.log2(r + 1.0), 0.0) for r in ranks]
+    return ndcg[0] - ndcg[1]
+
+
+def paired(gains: list[np.ndarray]) -> dict:
+    """Mean of the paired per-event gains and its standard error: the events' own spread,
+    which dwarfs a fraction of a percent between the arms, cancels out."""
+    both = np.concatenate(gains) if gains else np.array([])
+    if len(both) < 2:
+        return {"events": len(both), "mean": math.nan, "se": math.nan}
+    se = both.std(ddof=1) / np.sqrt(len(both))
+    return {"events": len(both), "mean": float(both.mean()), "se": float(se)}
 
 
 def new_items_recommended(out, cycle: CycleConfig) -> float | None:

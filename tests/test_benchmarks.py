@@ -113,4 +113,6 @@ def test_continual_benchmark_replays_every_arm_and_writes_its_plot(tmp_path):
         "a_within_2pct_of_c_last_windows",
         "forgetting_under_5pct",
     }
+    paired = result["datasets"][data]["summary"]["a_minus_b_second_half"]
+    assert paired["events"] > 0 and paired["se"] >= 0  # windows 2, 3: (a) vs (b), per event
     assert (tmp_path / "continual-quick.png").stat().st_size > 0
