@@ -111,6 +111,7 @@ class Scale:
     # over the log before windows 6 and 7 (over the budget): 97.6% and 98.3%. All of Beauty,
     # --epochs 1.15 --replay 5.0 --anneal 0.35, seed 0: 90.0% (88.9% without) at 21.2%.
     anneal_share: float = 0.0
+    anneal_fresh_share: float = 0.25  # of the cool-down's windows, from the batch
     batch_size: int = 128
     retrain_epochs: dict = None  # dataset -> epochs of (c) and of the warm-up
     warmup_epochs: int | None = None  # the warm-up's own epochs (None: retrain_epochs)
@@ -165,6 +166,7 @@ def main() -> None:
     parser.add_argument("--replay", type=float, help="replayed windows per new window, (a), (b)")
     parser.add_argument("--half-life", type=float, help="replay's recency half-life, (a), (b)")
     parser.add_argument("--anneal", type=float, help="(a), (b)'s cool-down share of a cycle")
+    parser.add_argument("--anneal-fresh", type=float, help="share of the cool-down from the batch")
     parser.add_argument("--lr", type=float, help="every arm's rate (the warm-up's and (c)'s)")
     parser.add_argument("--cycle-lr", type=float, help="(a), (b)'s fine-tuning rate")
     parser.add_argument("--schedule", choices=LR_SCHEDULES, help="(a), (b)'s rate in a cycle")
@@ -189,6 +191,7 @@ def main() -> None:
         "replay_ratio": args.replay,
         "replay_half_life": args.half_life,
         "anneal_share": args.anneal,
+        "anneal_fresh_share": args.anneal_fresh,
         "warmup_epochs": args.warmup_epochs,
         "max_depth": args.max_depth,
         "policy": args.policy,
@@ -254,6 +257,7 @@ def replay(name: str, table: pa.Table, scale: Scale) -> dict:
         replay_ratio=scale.replay_ratio,
         replay_half_life=scale.replay_half_life,
         anneal_share=scale.anneal_share,
+        anneal_fresh_share=scale.anneal_fresh_share,
         batch_size=scale.batch_size,
         lr=scale.cycle_lr or scale.lr,
         lr_schedule=scale.lr_schedule,

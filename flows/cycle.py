@@ -303,6 +303,7 @@ def cycle_config(settings: Settings) -> CycleConfig:
         replay_ratio=settings.replay_ratio,
         holdout_share=settings.holdout_share,
         anneal_share=settings.anneal_share,
+        anneal_fresh_share=settings.anneal_fresh_share,
         dim=settings.dim,
         blocks=settings.blocks,
         max_len=settings.max_len,

@@ -75,6 +75,9 @@ class Settings(BaseSettings):
     anneal_share: float = Field(
         0.0, ge=0, description="cool-down branch steps per fine-tuning step (0: off; README)"
     )
+    anneal_fresh_share: float = Field(
+        0.25, ge=0, le=1, description="share of the cool-down's windows from the batch (README)"
+    )
     gate_tolerance: float = Field(0.05, ge=0, le=1, description="relative NDCG@10 drop allowed")
     growth_policy: str = Field(
         "fitted", pattern=r"^(data_volume|fitted|none)$", description="when to stack (README)"

@@ -101,13 +101,17 @@ class Sequences:
     def sample_windows(self, max_len: int, n: int, rng: np.random.Generator) -> torch.Tensor:
         """``n`` of ``windows(max_len)``, drawn uniformly without replacement, in their order;
         only the drawn windows are built, so a sample of a long log costs what the sample does."""
-        total = int(self._windows_per_user(max_len, self.lengths).sum())
+        total = self.n_windows(max_len)
         picked = np.sort(rng.choice(total, min(n, total), replace=False))
         return self._items_at(self._window_events(max_len, None, picked))
 
     def _items_at(self, at: np.ndarray) -> torch.Tensor:
         """The item at each index of ``at``, 0 (padding) where it is -1."""
         return torch.from_numpy(np.where(at >= 0, self.items[np.maximum(at, 0)], 0))
+
+    def n_windows(self, max_len: int) -> int:
+        """How many rows ``windows(max_len)`` has, without building them."""
+        return int(self._windows_per_user(max_len, self.lengths).sum())
 
     @staticmethod
     def _windows_per_user(max_len: int, lengths: np.ndarray) -> np.ndarray:

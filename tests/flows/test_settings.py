@@ -97,8 +97,10 @@ def test_the_cycle_config_carries_the_training_settings(env):
     from flows.cycle import cycle_config
 
     env(anneal_share="0.35", replay_ratio="5", holdout_share="0.05", train_epochs="0")
+    env(anneal_fresh_share="0.5")
     cycle = cycle_config(Settings.load())
     assert (cycle.anneal_share, cycle.replay_ratio, cycle.holdout_share) == (0.35, 5.0, 0.05)
+    assert cycle.anneal_fresh_share == 0.5
     assert cycle.train_epochs is None  # 0: exactly train_steps
 
 
@@ -112,6 +114,7 @@ def test_the_cycle_config_carries_the_training_settings(env):
         ("batch_max_wait_s", "0", "STACKREC_BATCH_MAX_WAIT_S: Input should be greater than 0"),
         ("metrics_port", "70000", "STACKREC_METRICS_PORT: Input should be less than or equal"),
         ("anneal_share", "-1", "STACKREC_ANNEAL_SHARE: Input should be greater than or equal to 0"),
+        ("anneal_fresh_share", "2", "STACKREC_ANNEAL_FRESH_SHARE: Input should be less than or"),
     ],
 )
 def test_bad_environment_value_names_the_variable(env, name, value, message):

@@ -6,6 +6,7 @@ import copy
 import math
 from dataclasses import replace
 
+import pyarrow as pa
 import pytest
 import torch
 
@@ -136,3 +137,41 @@ def test_a_tampered_or_mismatched_trunk_is_refused():
     deeper = new_model("nextitnet", 0, n_items=5, dim=8, n_blocks=4, max_len=6)
     with pytest.raises(CheckpointError, match="trunk's config"):
         to_payload(model, vocab, trunk=deeper)
+
+
+def cool_down_data(tmp_path, history, fresh):
+    learner = continual.resume(Registry(tmp_path), CYCLE)
+    continual.prepare(learner, history.schema.empty_table(), history)  # the history's items
+    return continual.prepare(learner, history, fresh, CYCLE.holdout_share)
+
+
+def rows(windows: torch.Tensor) -> list[tuple[int, ...]]:
+    return [tuple(w) for w in windows.tolist()]
+
+
+@pytest.mark.parametrize("share", [0.0, 0.25, 1.0])
+def test_cool_down_windows_mix_the_batch_into_a_uniform_draw_of_the_log(tmp_path, table, share):
+    data = cool_down_data(tmp_path, table[:1_000], table[1_000:2_000])
+    every = rows(data.sequences.windows(CYCLE.max_len))
+    flags = data.sequences.window_flags(CYCLE.max_len, data.is_new, data.batch_users).any(1)
+    batch = set(rows(data.sequences.windows(CYCLE.max_len, users=data.batch_users)[flags]))
+    config = replace(CYCLE, anneal_fresh_share=share, batch_size=8)
+    drawn = rows(continual.cool_down_windows(data, config, CYCLE.max_len, steps=10))
+    n_fresh = round(share * 80)
+    assert len(drawn) == 80 and set(drawn) <= set(every)
+    uniform, fresh = drawn[: 80 - n_fresh], drawn[80 - n_fresh :]
+    assert len(set(uniform)) == len(uniform)  # without replacement
+    assert set(fresh) <= batch
+    if share == 0.0:  # a uniform draw holds windows of users outside the batch too
+        assert not set(drawn) <= batch
+
+
+def test_cool_down_windows_cover_a_small_log_once_and_survive_a_batch_without_windows(
+    tmp_path, table
+):
+    newcomer = table[1_000:1_001]  # a first event: the batch has no window to train on
+    column = newcomer.schema.get_field_index("user_id")
+    newcomer = newcomer.set_column(column, "user_id", pa.array(["newcomer"]))
+    data = cool_down_data(tmp_path, table[:1_000], newcomer)
+    windows = continual.cool_down_windows(data, CYCLE, CYCLE.max_len, steps=10_000)
+    assert sorted(rows(windows)) == sorted(rows(data.sequences.windows(CYCLE.max_len)))
