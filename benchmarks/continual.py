@@ -103,13 +103,18 @@ class Scale:
     train_epochs: float = 2.8
     replay_ratio: float = 5.0
     replay_half_life: float = 0.25  # replay's recency weighting (the product's default)
-    # (a), (b)'s cool-down branch (CycleConfig.anneal_share). On all of ML-1M, --epochs 2.4
-    # --anneal 0.35 (19.9% of (c)'s compute) gives (a)/(c) 96.6% and 97.1% (seeds 0, 1; 95.6%
-    # and 95.9% without), but no new item of seed 1's window 4 reached a top-K (1 of 45
-    # without). Annealing before the gate and the top-up, on the log without the holdout:
-    # 95.9% and 96.4%. A probe that annealed a copy of the default run's model for one pass
-    # over the log before windows 6 and 7 (over the budget): 97.6% and 98.3%. All of Beauty,
-    # --epochs 1.15 --replay 5.0 --anneal 0.35, seed 0: 90.0% (88.9% without) at 21.2%.
+    # (a), (b)'s cool-down branch (CycleConfig.anneal_share). On all of ML-1M, --epochs 2.0
+    # --anneal 0.6 (19.7% of (c)'s compute) gives (a)/(c) 97.0% and 97.5% (seeds 0, 1; 95.6%
+    # and 95.9% without). With --anneal-fresh 0 (every anneal window drawn uniformly from the
+    # log), --epochs 2.4 --anneal 0.35: 96.6% and 97.1%, but no new item of seed 1's window 4
+    # reached a top-K (1 of 45 without the cool-down, and with a quarter from the batch).
+    # Probes of (a) alone, seeds 0 / 1: 1.6 passes with --anneal 1.0, seed 1: 96.7%; 2.0
+    # passes with --anneal 1.0 --replay 3.0: 96.5% / 97.1% at 20.3%; a 1-sqrt decay instead of
+    # a cosine: 97.0% / 97.5%; --max-depth 4, seed 0: 96.7%. Annealing before the gate and the
+    # top-up, on the log without the holdout: 95.9% and 96.4%. A probe that annealed a copy of
+    # the default run's model for one pass over the log before windows 6 and 7 (over the
+    # budget): 97.6% and 98.3%. All of Beauty, --epochs 1.15 --replay 5.0 --anneal 0.35
+    # --anneal-fresh 0, seed 0: 90.0% (88.9% without) at 21.2%.
     anneal_share: float = 0.0
     anneal_fresh_share: float = 0.25  # of the cool-down's windows, from the batch
     batch_size: int = 128
@@ -610,13 +615,16 @@ def goals(result: dict) -> dict:
     out = {}
     for name, data in result["datasets"].items():
         s = data["summary"]
+        gain = s["a_minus_b_second_half"]
         out[name] = {
             "a_within_2pct_of_c_last_windows": bool(s["ndcg@10_last"]["a_over_c"] >= 0.98),
             "a_compute_le_20pct_of_c_every_window": bool(
                 s["compute"]["a_over_c_every_window"] <= 0.2
             ),
-            # by at least 1%: a strict ">" passed on 0.11363 against 0.11360, a coin flip
-            "a_better_than_b_second_half": bool(
+            # by more than twice the paired standard error: a strict ">" on the means passed on
+            # 0.11363 against 0.11360, a coin flip
+            "a_better_than_b_second_half": bool(gain["mean"] > 2 * gain["se"]),
+            "a_better_than_b_second_half_by_1pct": bool(
                 s["ndcg@10_second_half"]["a"] >= 1.01 * s["ndcg@10_second_half"]["b"]
             ),
             "new_items_in_recommendations_after_first_cycle": bool(
