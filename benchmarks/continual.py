@@ -113,8 +113,9 @@ class Scale:
     # a cosine: 97.0% / 97.5%; --max-depth 4, seed 0: 96.7%. Annealing before the gate and the
     # top-up, on the log without the holdout: 95.9% and 96.4%. A probe that annealed a copy of
     # the default run's model for one pass over the log before windows 6 and 7 (over the
-    # budget): 97.6% and 98.3%. All of Beauty, --epochs 1.15 --replay 5.0 --anneal 0.35
-    # --anneal-fresh 0, seed 0: 90.0% (88.9% without) at 21.2%.
+    # budget): 97.6% and 98.3%. All of Beauty, seed 0, --replay 5.0: --epochs 0.95 --anneal
+    # 0.45, 92.0% at 19.1%; --epochs 1.15 --anneal 0.35 --anneal-fresh 0, 90.0% at 21.2%;
+    # --epochs 1.35 without the cool-down, 88.9% at 18.9%.
     anneal_share: float = 0.0
     anneal_fresh_share: float = 0.25  # of the cool-down's windows, from the batch
     batch_size: int = 128
