@@ -107,7 +107,8 @@ class Scale:
     # --anneal 0.6 (19.7% of (c)'s compute) gives (a)/(c) 97.0% and 97.5% (seeds 0, 1; 95.6%
     # and 95.9% without). With --anneal-fresh 0 (every anneal window drawn uniformly from the
     # log), --epochs 2.4 --anneal 0.35: 96.6% and 97.1%, but no new item of seed 1's window 4
-    # reached a top-K (1 of 45 without the cool-down, and with a quarter from the batch).
+    # reached a top-K (1 of 45 without the cool-down; still 0 with a quarter from the batch,
+    # 1 of 45 with that and --epochs 2.0 --anneal 0.6).
     # Probes of (a) alone, seeds 0 / 1: 1.6 passes with --anneal 1.0, seed 1: 96.7%; 2.0
     # passes with --anneal 1.0 --replay 3.0: 96.5% / 97.1% at 20.3%; a 1-sqrt decay instead of
     # a cosine: 97.0% / 97.5%; --max-depth 4, seed 0: 96.7%. Annealing before the gate and the

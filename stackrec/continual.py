@@ -402,9 +402,8 @@ def cool_down_windows(
 ) -> torch.Tensor:
     """A batch for each of ``steps`` steps (every window once if the log has fewer): drawn
     uniformly from the whole log, since the settled model should fit all of it, except
-    ``anneal_fresh_share`` of them from the batch's windows. Uniform draws alone see a new
-    item's few events rarely and anneal it out of every top-K (ML-1M: 0 of a window's 45 new
-    items recommended, against 1 of 45 with a quarter from the batch)."""
+    ``anneal_fresh_share`` of them from the batch's windows: uniform draws alone see a new
+    item's few events rarely and can anneal it out of every top-K (README: the cool-down)."""
     fresh = data.sequences.windows(max_len, users=data.batch_users)
     fresh = fresh[data.sequences.window_flags(max_len, data.is_new, data.batch_users).any(1)]
     n = min(data.sequences.n_windows(max_len), steps * config.batch_size)
