@@ -373,8 +373,12 @@ def paired_ndcg_gain(a, b) -> np.ndarray:
     n_items = min(arm.serving.model.config.n_items for arm in (a, b))
     known = (targets < n_items) & (contexts.max(1).values < n_items)
     ranks = [rank_targets(arm.serving.model, contexts[known], targets[known]) for arm in (a, b)]
-    ndcg = [np.where(r <= 10, 1.0 / np.log2(r + 1.0), 0.0) for r in ranks]
-    return ndcg[0] - ndcg[1]
+    return ndcg_at_10(ranks[0]) - ndcg_at_10(ranks[1])
+
+
+def ndcg_at_10(ranks: np.ndarray) -> np.ndarray:
+    """Each event's NDCG@10 from its 1-based rank."""
+    return np.where(ranks <= 10, 1.0 / np.log2(ranks + 1.0), 0.0)
 
 
 def paired(gains: list[np.ndarray]) -> dict:
@@ -411,7 +415,7 @@ class EarlySlice:
         known = (self.targets < n_items) & (self.contexts.max(1).values < n_items)
         ranks = rank_targets(model, self.contexts[known], self.targets[known])
         scores = np.full(len(self.targets), np.nan)
-        scores[known.numpy()] = np.where(ranks <= 10, 1.0 / np.log2(ranks + 1.0), 0.0)
+        scores[known.numpy()] = ndcg_at_10(ranks)
         return scores
 
 

@@ -31,7 +31,6 @@ from stackrec.continual import CycleConfig, CycleData, Learner, Recommendations
 from stackrec.gate import GateConfig
 from stackrec.loop import CycleOutcome, LoopConfig, learn_cycle
 from stackrec.registry import Registry
-from stackrec.train import TrainResult
 from streaming.consumer import IngestResult, ingest_batch
 from streaming.log import InteractionLog
 from streaming.redis_store import ServingUnavailable, Snapshot, publish
@@ -107,7 +106,7 @@ def _learn(
     outcome = learn(settings, learner, history, fresh, clock)
     candidate = outcome.candidate
     report.prequential, report.growth = outcome.prequential, outcome.growth
-    report.training = _training_figures(outcome.training) | {"imprinted_items": outcome.imprinted}
+    report.training = _training_figures(outcome) | {"imprinted_items": outcome.imprinted}
     report.gate = {
         **asdict(outcome.verdict),
         "holdout_candidate": outcome.holdout["candidate"],
@@ -321,19 +320,18 @@ def cycle_config(settings: Settings) -> CycleConfig:
     )
 
 
-def _training_figures(phases: dict[str, TrainResult]) -> dict[str, Any]:
+def _training_figures(outcome: CycleOutcome) -> dict[str, Any]:
     """The cycle's steps, targets and seconds over every training phase (fine-tune, top-up,
     cool-down), the fine-tune's mean loss (the one comparable from cycle to cycle), and each
     phase's own figures."""
-    targets = sum(r.targets for r in phases.values())
-    seconds = sum(r.seconds for r in phases.values())
+    phases = outcome.training
     tuned = phases.get("fine_tune")
     return {
         "steps": sum(r.steps for r in phases.values()),
-        "targets": targets,
+        "targets": outcome.train_targets,
         "mean_loss": tuned.mean_loss if tuned else 0.0,
-        "seconds": seconds,
-        "targets_per_s": targets / max(seconds, 1e-9),
+        "seconds": outcome.train_seconds,
+        "targets_per_s": outcome.train_targets / max(outcome.train_seconds, 1e-9),
         "phases": {phase: asdict(result) for phase, result in phases.items()},
     }
 

@@ -314,8 +314,9 @@ def training_windows(
     everyone else's windows with every target counted, against forgetting. Returns the windows
     and the ``[N, max_len]`` mask of counted targets."""
     trainable = ~data.is_holdout
-    new = data.train_sequences.windows(max_len, users=data.batch_users)
-    fresh = data.train_sequences.window_flags(max_len, data.is_new[trainable], data.batch_users)
+    new, fresh = data.train_sequences.windows_with_flags(
+        max_len, data.is_new[trainable], data.batch_users
+    )
     keep = fresh.any(1)
     new, fresh = new[keep], fresh[keep]
     others = np.setdiff1d(data.train_sequences.users, data.batch_users)
@@ -404,8 +405,8 @@ def cool_down_windows(
     uniformly from the whole log, since the settled model should fit all of it, except
     ``anneal_fresh_share`` of them from the batch's windows: uniform draws alone see a new
     item's few events rarely and can anneal it out of every top-K (README: the cool-down)."""
-    fresh = data.sequences.windows(max_len, users=data.batch_users)
-    fresh = fresh[data.sequences.window_flags(max_len, data.is_new, data.batch_users).any(1)]
+    fresh, flags = data.sequences.windows_with_flags(max_len, data.is_new, data.batch_users)
+    fresh = fresh[flags.any(1)]
     n = min(data.sequences.n_windows(max_len), steps * config.batch_size)
     n_fresh = round(config.anneal_fresh_share * n) if len(fresh) else 0
     rng = np.random.default_rng(config.seed + data.n_events + 1)
@@ -421,8 +422,9 @@ def top_up(learner: Learner, data: CycleData, config: CycleConfig) -> TrainResul
         return None
     steps = max(1, math.ceil(config.train_steps * config.holdout_share))
     max_len = learner.model.config.max_len
-    windows = data.sequences.windows(max_len, users=data.holdout_users)
-    counted = data.sequences.window_flags(max_len, data.is_holdout, data.holdout_users)
+    windows, counted = data.sequences.windows_with_flags(
+        max_len, data.is_holdout, data.holdout_users
+    )
     return fine_tune(learner, windows, replace(config, train_steps=steps), counted)
 
 

@@ -94,7 +94,17 @@ class Sequences:
     ) -> torch.Tensor:
         """``[N, max_len]`` bool, aligned with ``windows``' targets: ``flags`` (one per event,
         in the order given to ``from_arrays``) of each target position; False on padding."""
-        at = self._window_events(max_len, users)[:, 1:]
+        return self._flags_at(self._window_events(max_len, users)[:, 1:], flags)
+
+    def windows_with_flags(
+        self, max_len: int, flags: np.ndarray, users: np.ndarray | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``windows`` and ``window_flags`` together, from one index computation."""
+        at = self._window_events(max_len, users)
+        return self._items_at(at), self._flags_at(at[:, 1:], flags)
+
+    def _flags_at(self, at: np.ndarray, flags: np.ndarray) -> torch.Tensor:
+        """The flag of the event at each index of ``at``, False where it is -1."""
         by_position = np.asarray(flags, dtype=bool)[self.order]
         return torch.from_numpy(np.where(at >= 0, by_position[np.maximum(at, 0)], False))
 

@@ -43,6 +43,9 @@ def test_window_flags_follow_the_events_into_the_targets():
     assert flags.dtype == torch.bool and flags.shape == (3, 2)
     assert sorted(w[:, 1:][flags].tolist()) == [4, 5]
     assert seqs.window_flags(2, flagged, users=np.array([3])).tolist() == [[False, False]]
+    both = seqs.windows_with_flags(2, flagged, users=np.array([7]))
+    assert both[0].tolist() == seqs.windows(2, users=np.array([7])).tolist()
+    assert both[1].tolist() == seqs.window_flags(2, flagged, users=np.array([7])).tolist()
 
 
 def test_windows_for_selected_users_and_short_histories():
