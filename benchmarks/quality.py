@@ -201,8 +201,10 @@ RECBOLE_CONFIG = {
     },
     "nextitnet": lambda r: {
         "embedding_size": r.dim,
-        "block_num": r.blocks,
-        "dilations": [1, 4],
+        # RecBole builds `dilations * block_num` residual blocks: one pass over the list gives
+        # r.blocks blocks, as ours (block_num=r.blocks with [1, 4] gave it twice our depth)
+        "block_num": 1,
+        "dilations": [(1, 4)[i % 2] for i in range(r.blocks)],
         "kernel_size": 3,
         "reg_weight": 0.0,
     },

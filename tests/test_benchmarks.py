@@ -8,12 +8,14 @@ hold (same results on both paths, a published version, metrics in range), never 
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+from stackrec.nextitnet import NextItNetConfig
 from tests.shared_data import dataset
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -96,6 +98,18 @@ def test_quality_benchmark_scores_our_side(tmp_path):
     (row,) = result["rows"]
     assert row["implementation"] == "stackrec" and row["test"]["history_masked"] is True
     assert 0 < row["test"]["ndcg@10"] <= row["test"]["hr@10"] <= 1
+
+
+def test_recbole_nextitnet_gets_our_depth_and_dilations(monkeypatch):
+    """RecBole builds ``dilations * block_num`` residual blocks; the comparison needs ours."""
+    spec = importlib.util.spec_from_file_location("quality", ROOT / "benchmarks" / "quality.py")
+    quality = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "quality", quality)  # its dataclass looks itself up there
+    spec.loader.exec_module(quality)
+    for blocks in (1, 2, 3, 4):
+        given = quality.RECBOLE_CONFIG["nextitnet"](quality.Recipe("nextitnet", blocks=blocks))
+        ours = NextItNetConfig(n_items=2, n_blocks=blocks).dilations
+        assert given["dilations"] * given["block_num"] == list(ours)
 
 
 def test_continual_benchmark_replays_every_arm_and_writes_its_plot(tmp_path):
