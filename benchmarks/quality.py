@@ -30,7 +30,11 @@ on a machine others are using, ``OMP_NUM_THREADS=1`` was several times faster th
 
     nice -n 10 .venv/bin/python benchmarks/quality.py --datasets ml-100k --epochs 20
     nice -n 10 .venv/bin/python benchmarks/quality.py --datasets beauty --models sasrec \
-        --epochs 30 --patience 5 --dropout 0.2 --windows-per-step 128 --hours 1.3
+        --epochs 20 --lr-schedule cosine --patience 5 --dropout 0.2 --windows-per-step 128
+
+That Beauty recipe (the rate falls on a cosine over 20 epochs; early stopping ends it near 15)
+gave SASRec NDCG@10 0.0330, 0.0329 and 0.0328 over seeds 0-2 on an H200 in float32, above
+the published 0.0327; the same with a constant rate gave 0.0325, 0.0325 and 0.0326.
 
 On a GPU machine each row can run as its own process (``--implementations ours`` or
 ``recbole``, ``--out DIR`` each), and ``--merge DIR/*.json`` prints them as one table;
