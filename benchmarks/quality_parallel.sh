@@ -4,7 +4,8 @@
 #
 #   RECBOLE_PYTHON=/work/recbole-venv/bin/python HOURS=0.1 benchmarks/quality_parallel.sh OUT
 #
-# ROWS picks rows as dataset:model:implementation[:one extra flag], e.g. "beauty:sasrec:ours:--no-amp".
+# ROWS picks rows as dataset:model:implementation[:one extra flag], e.g. "beauty:sasrec:ours:--no-amp";
+# SEEDS="0 1 2" runs each row once per seed (the table then adds each recipe's mean over seeds).
 # Beauty rows train with dropout 0.2, 128 windows per step and our rate on a cosine over 20
 # epochs: SASRec NDCG@10 0.0330 / 0.0329 / 0.0328 over three seeds on an H200 in float32
 # (a constant rate: 0.0325 / 0.0325 / 0.0326; dropout 0.1 with it: 0.0325 / 0.0324 / 0.0322).
@@ -16,16 +17,16 @@ rows=${ROWS:-"ml-100k:sasrec:ours ml-100k:sasrec:recbole ml-100k:nextitnet:ours 
 here=$(dirname "$0")
 python=${PYTHON:-python3}
 mkdir -p "$out"
-for row in $rows; do
+for row in $rows; do for seed in ${SEEDS:-0}; do
   IFS=: read -r data model impl flag <<< "$row"
-  name=$data-$model-$impl${flag:-}
+  name=$data-$model-$impl${flag:-}-s$seed
   recipe=(); [ "$data" = beauty ] && recipe=(--dropout 0.2 --windows-per-step 128 --lr-schedule cosine --epochs 20)
   OMP_NUM_THREADS=1 "$python" "$here/quality.py" --datasets "$data" --models "$model" \
     --implementations "$impl" --epochs "${EPOCHS:-200}" --patience "${PATIENCE:-5}" \
-    --hours "$hours" "${recipe[@]}" ${flag:+"$flag"} \
+    --hours "$hours" --seed "$seed" "${recipe[@]}" ${flag:+"$flag"} \
     --recbole-python "${RECBOLE_PYTHON:-/work/recbole-venv/bin/python}" \
     ${DATA_DIR:+--data-dir "$DATA_DIR"} --out "$out/$name" > "$out/$name.log" 2>&1 &
   echo "started $name (log: $out/$name.log)"
-done
+done; done
 wait
 "$python" "$here/quality.py" --merge "$out"/*/quality-*.json --out "$out" | tail -n 20

@@ -93,11 +93,16 @@ def test_quality_benchmark_scores_our_side(tmp_path):
     dataset("ml-100k/ml-100k.inter")
     result = benchmark_json(
         "benchmarks/quality.py", "--datasets", "ml-100k", "--models", "sasrec",
-        "--implementations", "ours", "--epochs", "1", "--out", str(tmp_path),
+        "--implementations", "ours", "--epochs", "1", "--seed", "0", "1", "--out", str(tmp_path),
     )  # fmt: skip
-    (row,) = result["rows"]
-    assert row["implementation"] == "stackrec" and row["test"]["history_masked"] is True
-    assert 0 < row["test"]["ndcg@10"] <= row["test"]["hr@10"] <= 1
+    assert [row["recipe"]["seed"] for row in result["rows"]] == [0, 1]
+    for row in result["rows"]:
+        assert row["implementation"] == "stackrec" and row["test"]["history_masked"] is True
+        assert 0 < row["test"]["ndcg@10"] <= row["test"]["hr@10"] <= 1
+    (table,) = tmp_path.glob("quality-*.md")
+    (line,) = [line for line in table.read_text().splitlines() if "mean of 2 seeds" in line]
+    mean = sum(row["test"]["ndcg@10"] for row in result["rows"]) / 2
+    assert line.split(" | ")[4].startswith(f"{mean:.4f} ± ")  # the NDCG@10 column
 
 
 def test_recbole_nextitnet_gets_our_depth_and_dilations(monkeypatch):
