@@ -91,6 +91,7 @@ class Recipe:
     lr_schedule: str = "constant"  # ours: or "cosine" over the epochs (RecBole: constant)
     batch_size: int = 128  # RecBole: sequences (one target each) per step
     windows_per_step: int = 128  # ours: windows (up to max_len targets each) per step
+    stride: int | None = None  # ours: overlapping windows this far apart (None: disjoint)
     epochs: int = 20
     patience: int = 5
     seed: int = 0
@@ -137,7 +138,10 @@ def run_ours(n_items: int, split, recipe: Recipe) -> dict:
         settings["n_heads"] = recipe.heads
     model = model_cls(config_cls(**settings))
     full = Protocol("full", mask_history=True)
-    windows = split.train.windows(recipe.max_len)
+    if recipe.stride:
+        windows, counted = split.train.overlapping_windows(recipe.max_len, recipe.stride)
+    else:
+        windows, counted = split.train.windows(recipe.max_len), None
     result = train_with_validation(
         model,
         windows,
@@ -153,6 +157,7 @@ def run_ours(n_items: int, split, recipe: Recipe) -> dict:
         ),
         validate=lambda m: evaluate_held_out(m, split.valid, full, ks=KS)["ndcg@10"],
         on_epoch=lambda r: print(f"  ours {recipe.model} {r}", file=sys.stderr, flush=True),
+        counted=counted,
     )
     test = evaluate_held_out(result.model, split.test, full, ks=KS)
     epochs = len(result.history)
@@ -416,6 +421,8 @@ def parse_args() -> argparse.Namespace:
                         help="epochs without a better validation score; 0: off")  # fmt: skip
     parser.add_argument("--dropout", type=float, default=0.2)
     parser.add_argument("--windows-per-step", type=int, default=128, help="our batch size")
+    parser.add_argument("--stride", type=int,
+                        help="our windows overlap, this many targets apart")  # fmt: skip
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--lr-schedule", choices=["constant", "cosine"], default="constant",
                         help="our rate over the epochs (RecBole's is constant)")  # fmt: skip
@@ -445,7 +452,7 @@ def run(args: argparse.Namespace) -> dict:
         recipe = Recipe(
             model, epochs=args.epochs, patience=args.patience, dropout=args.dropout,
             lr=args.lr, lr_schedule=args.lr_schedule, windows_per_step=args.windows_per_step,
-            hours=args.hours, amp=args.amp, seed=seed,
+            hours=args.hours, amp=args.amp, seed=seed, stride=args.stride,
         )  # fmt: skip
         with tempfile.TemporaryDirectory() as tmp:
             n_items, split = prepare(dataset, recipe, args.data_dir, Path(tmp))
@@ -487,6 +494,8 @@ def _marks(row: dict, seed: bool = True) -> str:
         marks.append(f"dropout {recipe['dropout']}")
     if recipe.get("windows_per_step", Recipe.windows_per_step) != Recipe.windows_per_step and ours:
         marks.append(f"{recipe['windows_per_step']} windows per step")
+    if recipe.get("stride") and ours:
+        marks.append(f"stride {recipe['stride']}")
     if seed and recipe.get("seed"):
         marks.append(f"seed {recipe['seed']}")
     return f" ({', '.join(marks)})" if marks else ""

@@ -95,6 +95,14 @@ def train(
         RateSchedule, typer.Option(help="constant, or cosine down to lr/10 over --epochs")
     ] = RateSchedule.constant,
     batch_size: Annotated[int, typer.Option(min=1, help="windows per step")] = 128,
+    stride: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="overlap the windows, this many targets apart, so each target "
+            "keeps max_len - stride items of context (default: disjoint windows)",
+        ),
+    ] = None,
     dropout: Annotated[float, typer.Option(min=0.0, max=0.99)] = 0.2,
     heads: Annotated[int, typer.Option(min=1, help="SASRec attention heads")] = 1,
     loss: Annotated[str, typer.Option(help="full|sampled|auto")] = "full",
@@ -112,7 +120,7 @@ def train(
         items = Vocabulary()
         items.add(_column(table, "item_id"))
         splits = _split(_indexed(table, items), split, max_len)
-        windows = splits.train.windows(max_len)
+        windows, counted = _training_windows(splits.train, max_len, stride)
         torch.manual_seed(seed)
         net = _build(model, items, blocks, dim, max_len, dropout, heads)
         config = TrainConfig(lr=lr, lr_schedule=lr_schedule.value, batch_size=batch_size,
@@ -125,7 +133,9 @@ def train(
             return metrics[VALIDATION_METRIC]
 
         progress = _progress(windows, batch_size)
-        result = train_with_validation(net, windows, config, schedule, validate, device, **progress)
+        result = train_with_validation(
+            net, windows, config, schedule, validate, device, counted=counted, **progress
+        )
         test = evaluate_held_out(result.model, splits.test, full, ks=KS, device=device)
     except _USER_ERRORS as error:
         _fail(error)
@@ -237,6 +247,15 @@ def _epochs(text: str) -> tuple[int, ...]:
         return tuple(int(part) for part in text.split(",") if part.strip())
     except ValueError:
         raise typer.BadParameter(f"--stack-at {text!r}: expected epochs like '5,10'") from None
+
+
+def _training_windows(
+    train: Sequences, max_len: int, stride: int | None
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Disjoint windows, or overlapping ones with the targets each counts (``--stride``)."""
+    if stride is None:
+        return train.windows(max_len), None
+    return train.overlapping_windows(max_len, stride)
 
 
 def _progress(windows: torch.Tensor, batch_size: int) -> dict:

@@ -103,6 +103,38 @@ class Sequences:
         at = self._window_events(max_len, users)
         return self._items_at(at), self._flags_at(at[:, 1:], flags)
 
+    def overlapping_windows(self, max_len: int, stride: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Windows that overlap so every target keeps at least ``max_len - stride`` items of
+        context, and ``counted`` (``[N, max_len]`` bool) marking each target in one window only.
+
+        ``windows`` cuts a long history into disjoint pieces, so the first targets of each
+        piece see one or two items although the user did far more before them; on ML-100K
+        (106 items per user, ``max_len`` 50) that is most windows. Here window ``j`` ends
+        ``j * stride`` items before the history's end and counts only its last ``stride``
+        targets; the earliest starts at the history's start and counts what is left. With
+        ``stride = max_len`` the windows hold the same targets as ``windows``.
+        """
+        if not 1 <= stride <= max_len:
+            raise ValueError(f"stride={stride} must be between 1 and max_len={max_len}")
+        lengths, starts = self.lengths, self.offsets[:-1]
+        targets = np.maximum(lengths - 1, 0)
+        per_user = np.where(
+            targets > max_len, -(-(targets - max_len) // stride) + 1, (targets > 0).astype(int)
+        )
+        ends = np.cumsum(per_user)
+        window = np.arange(ends[-1] if len(ends) else 0)
+        user = np.searchsorted(ends, window, side="right")
+        j, n, length = window - (ends - per_user)[user], per_user[user], lengths[user]
+        earliest = j == n - 1
+        end = np.where(earliest, np.minimum(length, max_len + 1), length - j * stride)
+        local = end[:, None] - (max_len + 1) + np.arange(max_len + 1)
+        at = np.where(local >= 0, local + starts[user][:, None], -1)
+        low = np.where(earliest, 1, end - stride)
+        high = np.where(earliest & (n > 1), length - (n - 1) * stride, end)
+        target = local[:, 1:]
+        counted = (target >= low[:, None]) & (target < high[:, None])
+        return self._items_at(at), torch.from_numpy(counted)
+
     def _flags_at(self, at: np.ndarray, flags: np.ndarray) -> torch.Tensor:
         """The flag of the event at each index of ``at``, False where it is -1."""
         by_position = np.asarray(flags, dtype=bool)[self.order]

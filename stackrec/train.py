@@ -348,6 +348,7 @@ def train_with_validation(
     device: str | torch.device | None = None,
     on_step: Callable[[int, float], None] | None = None,
     on_epoch: Callable[[EpochRecord], None] | None = None,
+    counted: torch.Tensor | None = None,
 ) -> ScheduleResult:
     """Train epoch by epoch, score with ``validate`` after each, keep the best model.
 
@@ -361,7 +362,9 @@ def train_with_validation(
     best, best_state, best_epoch, best_score, waited = None, {}, 0, -math.inf, 0
     for epoch in range(1, schedule.epochs + 1):
         # one epoch of a single ``schedule.epochs``-long fit, so a cosine rate spans the run
-        result = trainer.fit(windows, epochs=schedule.epochs, max_steps=n_batches, on_step=on_step)
+        result = trainer.fit(
+            windows, epochs=schedule.epochs, max_steps=n_batches, on_step=on_step, counted=counted
+        )
         score = float(validate(trainer.model))
         depth = trainer.model.depth
         record = EpochRecord(epoch, depth, result.mean_loss, score, result.seconds, result.steps,

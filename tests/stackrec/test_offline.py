@@ -76,6 +76,7 @@ def test_evaluate_with_sampled_negatives(trained, data):
         (["--stack-at", "9"], "stack_at"),
         (["--stack-operator", "zigzag", "--stack-at", "1"], "zigzag"),
         (["--lr-schedule", "linear"], "linear"),
+        (["--stride", "60"], "stride=60"),
     ],
 )
 def test_user_mistakes_give_one_line_and_exit_1(data, tmp_path, args, message):
@@ -98,3 +99,16 @@ def test_time_split_training(data, tmp_path):
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout[result.stdout.index("{") :])
     assert summary["split"] == "time" and summary["test"]["n"] > 0
+
+
+def test_overlapping_windows_train_on_the_same_targets(data, tmp_path):
+    summaries = []
+    for extra in ([], ["--stride", "1"]):
+        result = invoke("train", "--data", data, "--out", str(tmp_path), "--max-len", "3",
+                        "--epochs", "1", "--dim", "8", "--device", "cpu", "--json",
+                        *extra)  # fmt: skip
+        assert result.exit_code == 0, result.output
+        summaries.append(json.loads(result.stdout[result.stdout.index("{") :]))
+    disjoint, overlapping = summaries
+    assert overlapping["train_windows"] > disjoint["train_windows"]
+    assert overlapping["history"][0]["targets"] == disjoint["history"][0]["targets"]

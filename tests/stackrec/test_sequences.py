@@ -35,6 +35,35 @@ def test_windows_cover_every_target_once():
     assert sorted(targets.tolist()) == [2, 3, 4, 5, 8]  # every item but each user's first
 
 
+def test_overlapping_windows_keep_context_and_count_every_target_once():
+    # user 7: 1, 2, 3, 4, 5; max_len 3, stride 1: each counted target sees >= 2 items before it
+    w, counted = make().overlapping_windows(max_len=3, stride=1)
+    assert w.tolist() == [[0, 0, 9, 8], [2, 3, 4, 5], [1, 2, 3, 4]]
+    assert counted.tolist() == [[False, False, True], [False, False, True], [True, True, True]]
+    assert sorted(w[:, 1:][counted].tolist()) == [2, 3, 4, 5, 8]  # 4 is context only in row 1
+
+
+def test_overlapping_windows_count_the_same_targets_as_disjoint_ones():
+    rng = np.random.default_rng(0)
+    users = np.repeat(np.arange(6), [1, 2, 5, 11, 23, 40])
+    seqs = Sequences.from_arrays(users, rng.integers(1, 50, len(users)), np.arange(len(users)))
+    disjoint = seqs.windows(5)
+    for stride in range(1, 6):
+        w, counted = seqs.overlapping_windows(5, stride)
+        mask = counted & (w[:, :-1] != 0)
+        # each (user, position) once: the targets' event indices match the disjoint windows'
+        assert int(mask.sum()) == int(((disjoint[:, :-1] != 0) & (disjoint[:, 1:] != 0)).sum())
+        assert sorted(w[:, 1:][mask].tolist()) == sorted(
+            disjoint[:, 1:][(disjoint[:, :-1] != 0) & (disjoint[:, 1:] != 0)].tolist()
+        )
+        # only a history's own first targets see fewer than 5 - stride + 1 items before them
+        seen = (w[:, :-1] != 0).cumsum(1)[mask]
+        first_targets = np.minimum(seqs.lengths - 1, 5 - stride).clip(0).sum()
+        assert int((seen < 5 - stride + 1).sum()) == first_targets and int(seen.min()) >= 1
+    with pytest.raises(ValueError, match="stride=6"):
+        seqs.overlapping_windows(5, 6)
+
+
 def test_window_flags_follow_the_events_into_the_targets():
     seqs = make()
     flagged = TS >= 40  # user 7's two latest events (items 4 and 5), given in input order
