@@ -355,6 +355,7 @@ def train_with_validation(
     Growth resets the patience counter (a deeper model needs a few epochs to pay off) and, in
     function-preserving mode, carries the optimizer state into the grown model. The learning
     rate follows ``config.lr_schedule`` over all ``schedule.epochs``, growth or not.
+    ``counted`` limits the loss to those targets, as in ``Trainer.fit`` (overlapping windows).
     """
     trainer = Trainer(model, config, device=device)
     n_batches = math.ceil(len(windows) / config.batch_size)
