@@ -121,10 +121,8 @@ class Sequences:
         per_user = np.where(
             targets > max_len, -(-(targets - max_len) // stride) + 1, (targets > 0).astype(int)
         )
-        ends = np.cumsum(per_user)
-        window = np.arange(ends[-1] if len(ends) else 0)
-        user = np.searchsorted(ends, window, side="right")
-        j, n, length = window - (ends - per_user)[user], per_user[user], lengths[user]
+        user, j = self._number_windows(per_user)
+        n, length = per_user[user], lengths[user]
         earliest = j == n - 1
         end = np.where(earliest, np.minimum(length, max_len + 1), length - j * stride)
         local = end[:, None] - (max_len + 1) + np.arange(max_len + 1)
@@ -159,6 +157,17 @@ class Sequences:
     def _windows_per_user(max_len: int, lengths: np.ndarray) -> np.ndarray:
         return np.where(lengths >= 2, (lengths - 2) // max_len + 1, 0)
 
+    @staticmethod
+    def _number_windows(
+        per_user: np.ndarray, picked: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Windows numbered user after user (all, or those ``picked``): each one's user (its
+        row in ``per_user``) and its place ``j`` among that user's, 0 being the most recent."""
+        ends = np.cumsum(per_user)
+        window = np.arange(ends[-1] if len(ends) else 0) if picked is None else picked
+        user = np.searchsorted(ends, window, side="right")
+        return user, window - (ends - per_user)[user]
+
     def _window_events(
         self, max_len: int, users: np.ndarray | None, picked: np.ndarray | None = None
     ) -> np.ndarray:
@@ -167,10 +176,7 @@ class Sequences:
         rows = np.arange(len(self.users)) if users is None else self._rows(users)
         starts, lengths = self.offsets[rows], self.lengths[rows]
         per_user = self._windows_per_user(max_len, lengths)
-        ends = np.cumsum(per_user)
-        window = np.arange(ends[-1] if len(ends) else 0) if picked is None else picked
-        user_of = np.searchsorted(ends, window, side="right")
-        j = window - (ends - per_user)[user_of]  # 0 = the most recent window
+        user_of, j = self._number_windows(per_user, picked)
         end = lengths[user_of] - j * max_len  # one past the window's last item, user-local
         local = end[:, None] - (max_len + 1) + np.arange(max_len + 1)
         return np.where(local >= 0, local + starts[user_of][:, None], -1)
