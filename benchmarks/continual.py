@@ -20,6 +20,10 @@ the early-slice NDCG@10 (forgetting), training seconds and examples, the cycle's
 freshness. Plus one 10,000-event cycle by stage (registry save and a Redis publish included
 when a Redis server binary is present; ``--cycle-only`` times just that). JSON to stdout and
 ``benchmarks/results/continual.json``, a plot to ``benchmarks/results/continual.png``.
+
+``--c-from EARLIER.json`` takes (c)'s retrains from an earlier run instead of training them
+again (they are two thirds of a run on all of ML-1M), when nothing (c) depends on differs:
+for probing the loop's settings. The reused records are marked ``"reused": true``.
 """
 
 from __future__ import annotations
@@ -189,6 +193,11 @@ def main() -> None:
     parser.add_argument(
         "--cycle-only", action="store_true", help="only the timed 10,000-event cycle (no replay)"
     )
+    parser.add_argument(
+        "--c-from",
+        type=Path,
+        help="reuse (c)'s retrains from this earlier result JSON (same data, (c) settings, depth)",
+    )
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--name", help="result file stem (default: continual[-quick])")
     args = parser.parse_args()
@@ -215,11 +224,13 @@ def main() -> None:
     scale = replace(QUICK if args.quick else FULL, **given)
     if args.events:
         scale = replace(scale, events=dict.fromkeys(scale.events, args.events))
+    reused = {name: earlier_c(args.c_from, name, scale) for name in args.datasets if args.c_from}
     torch.set_num_threads(args.threads)
     torch.manual_seed(scale.seed)  # torch 2.13 seeds its global generator at random per process
     began = time.perf_counter()
     result = {
         "command": " ".join(["benchmarks/continual.py", *sys.argv[1:]]),
+        "c_from": str(args.c_from) if args.c_from else None,
         "scale": asdict(scale),
         "threads": args.threads,
         "device": "cpu",
@@ -233,7 +244,8 @@ def main() -> None:
         if args.cycle_only:
             continue
         log(f"{name}: {tables[name].num_rows} events read; replaying {replayed}")
-        result["datasets"][name] = replay(name, tables[name].slice(0, scale.events[name]), scale)
+        events = tables[name].slice(0, scale.events[name])
+        result["datasets"][name] = replay(name, events, scale, reused.get(name))
     first = args.datasets[0]
     log(f"{first}: timing one {scale.cycle_events}-event cycle, every stage")
     result["cycle_10k"] = time_one_cycle(tables[first], scale, first)
@@ -252,7 +264,7 @@ def log(message: str) -> None:
 
 
 # --- the replay ----------------------------------------------------------------------------
-def replay(name: str, table: pa.Table, scale: Scale) -> dict:
+def replay(name: str, table: pa.Table, scale: Scale, reused_c: dict | None = None) -> dict:
     bounds = np.linspace(0, table.num_rows, scale.windows + 1).astype(int)
     max_len = scale.max_len[name]
     cycle = CycleConfig(
@@ -304,7 +316,11 @@ def replay(name: str, table: pa.Table, scale: Scale) -> dict:
         if w > (scale.windows - 1) // 2:  # the second half: is (a)'s lead over (b) signal?
             a_minus_b.append(paired_ndcg_gain(arms["a"].last, arms["b"].last))
         run_c = w >= retrain_from
-        record["c"] = c_window(table, start, end, serving_depth, from_scratch, epochs, run_c)
+        earlier = (reused_c or {}).get(w)
+        if earlier and earlier["depth"] == serving_depth and (earlier["measured"] or not run_c):
+            record["c"] = earlier | {"reused": True}
+        else:
+            record["c"] = c_window(table, start, end, serving_depth, from_scratch, epochs, run_c)
         windows.append(record)
         a, b, c = record["a"], record["b"], record["c"]
         log(
@@ -460,6 +476,31 @@ def retrain(events: pa.Table, depth: int, cycle: CycleConfig, epochs: int) -> tu
         ]
     }
     return learner, {"seconds": round(fit.seconds, 3), "targets": fit.targets, "depth": depth}
+
+
+# What (c) depends on besides its depth, which each window checks: a retrain from scratch does
+# not see the loop's settings, so probes of the loop may take (c) from an earlier run.
+C_SETTINGS = ("windows", "dim", "blocks", "lr", "retrain_schedule", "batch_size", "seed")
+C_PER_DATASET = ("events", "max_len", "retrain_epochs")
+
+
+def earlier_c(path: Path, name: str, scale: Scale) -> dict[int, dict]:
+    """(c)'s record per window from an earlier result, if (c) would be trained the same way."""
+    try:
+        earlier = json.loads(path.read_text())
+        windows = earlier["datasets"][name]["windows"]
+        settings = earlier["scale"]
+    except (OSError, ValueError, KeyError) as error:
+        sys.exit(f"--c-from {path}: no (c) results for {name} there ({error!r})")
+    ours = asdict(scale)
+    differ = [k for k in C_SETTINGS if settings.get(k) != ours[k]] + [
+        k for k in C_PER_DATASET if (settings.get(k) or {}).get(name) != ours[k][name]
+    ]
+    if (settings.get("warmup_epochs") or 0) != (ours["warmup_epochs"] or 0):
+        differ.append("warmup_epochs")
+    if differ:
+        sys.exit(f"--c-from {path}: (c) was trained with other settings: {', '.join(differ)}")
+    return {w["window"]: w["c"] for w in windows}
 
 
 def epoch_targets(events: pa.Table, max_len: int) -> int:

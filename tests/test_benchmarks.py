@@ -135,3 +135,22 @@ def test_continual_benchmark_replays_every_arm_and_writes_its_plot(tmp_path):
     paired = result["datasets"][data]["summary"]["a_minus_b_second_half"]
     assert paired["events"] > 0 and paired["se"] >= 0  # windows 2, 3: (a) vs (b), per event
     assert (tmp_path / "continual-quick.png").stat().st_size > 0
+
+
+def test_continual_benchmark_reuses_the_retrains_only_when_they_would_be_the_same(tmp_path):
+    dataset("ml-1m/ratings_users1-2999.dat.gz")
+    quick = ("benchmarks/continual.py", "--quick", "--datasets", "ml-1m", "--events", "6000")
+    first = benchmark_json(*quick, "--out", str(tmp_path), "--name", "first")
+    earlier = str(tmp_path / "first.json")
+
+    probe = benchmark_json(*quick, "--epochs", "2", "--c-from", earlier, "--out", str(tmp_path))
+    before, after = (r["datasets"]["ml-1m"]["windows"] for r in (first, probe))
+    assert [w["c"].get("ndcg@10") for w in after] == [w["c"].get("ndcg@10") for w in before]
+    assert all(w["c"].get("reused") for w in after)
+    assert probe["c_from"] == earlier
+
+    other = run_benchmark(*quick, "--lr", "0.003", "--c-from", earlier, "--out", str(tmp_path))
+    assert other.returncode != 0
+    assert other.stderr.strip().splitlines() == [
+        f"--c-from {earlier}: (c) was trained with other settings: lr"
+    ]
