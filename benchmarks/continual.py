@@ -21,9 +21,9 @@ freshness. Plus one 10,000-event cycle by stage (registry save and a Redis publi
 when a Redis server binary is present; ``--cycle-only`` times just that). JSON to stdout and
 ``benchmarks/results/continual.json``, a plot to ``benchmarks/results/continual.png``.
 
-``--c-from EARLIER.json`` takes (c)'s retrains from an earlier run instead of training them
-again (they are two thirds of a run on all of ML-1M), when nothing (c) depends on differs:
-for probing the loop's settings. The reused records are marked ``"reused": true``.
+``--c-from EARLIER.json`` takes (c)'s retrains from an earlier run of the same code instead
+of training them again (they are half of a run on all of ML-1M), when none of the settings (c)
+depends on differs: for probing the loop's settings. The reused records are marked ``"reused": true``.
 """
 
 from __future__ import annotations
