@@ -23,7 +23,7 @@ when a Redis server binary is present; ``--cycle-only`` times just that). JSON t
 
 ``--c-from EARLIER.json`` takes (c)'s retrains from an earlier run of the same code instead
 of training them again (they are half of a run on all of ML-1M), when none of the settings (c)
-depends on differs: for probing the loop's settings. The reused records are marked ``"reused": true``.
+depends on differs: for probing the loop's settings. Reused records say ``"reused": true``.
 """
 
 from __future__ import annotations
