@@ -138,10 +138,7 @@ def run_ours(n_items: int, split, recipe: Recipe) -> dict:
         settings["n_heads"] = recipe.heads
     model = model_cls(config_cls(**settings))
     full = Protocol("full", mask_history=True)
-    if recipe.stride:
-        windows, counted = split.train.overlapping_windows(recipe.max_len, recipe.stride)
-    else:
-        windows, counted = split.train.windows(recipe.max_len), None
+    windows, counted = split.train.training_windows(recipe.max_len, recipe.stride or None)
     result = train_with_validation(
         model,
         windows,

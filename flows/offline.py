@@ -120,7 +120,7 @@ def train(
         items = Vocabulary()
         items.add(_column(table, "item_id"))
         splits = _split(_indexed(table, items), split, max_len)
-        windows, counted = _training_windows(splits.train, max_len, stride)
+        windows, counted = splits.train.training_windows(max_len, stride)
         torch.manual_seed(seed)
         net = _build(model, items, blocks, dim, max_len, dropout, heads)
         config = TrainConfig(lr=lr, lr_schedule=lr_schedule.value, batch_size=batch_size,
@@ -247,15 +247,6 @@ def _epochs(text: str) -> tuple[int, ...]:
         return tuple(int(part) for part in text.split(",") if part.strip())
     except ValueError:
         raise typer.BadParameter(f"--stack-at {text!r}: expected epochs like '5,10'") from None
-
-
-def _training_windows(
-    train: Sequences, max_len: int, stride: int | None
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Disjoint windows, or overlapping ones with the targets each counts (``--stride``)."""
-    if stride is None:
-        return train.windows(max_len), None
-    return train.overlapping_windows(max_len, stride)
 
 
 def _progress(windows: torch.Tensor, batch_size: int) -> dict:

@@ -133,6 +133,14 @@ class Sequences:
         counted = (target >= low[:, None]) & (target < high[:, None])
         return self._items_at(at), torch.from_numpy(counted)
 
+    def training_windows(
+        self, max_len: int, stride: int | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``windows`` with no ``counted`` mask (``stride`` None), else ``overlapping_windows``."""
+        if stride is None:
+            return self.windows(max_len), None
+        return self.overlapping_windows(max_len, stride)
+
     def _flags_at(self, at: np.ndarray, flags: np.ndarray) -> torch.Tensor:
         """The flag of the event at each index of ``at``, False where it is -1."""
         by_position = np.asarray(flags, dtype=bool)[self.order]
