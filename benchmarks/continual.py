@@ -381,6 +381,7 @@ class Arm:
             "stages_s": out.stages_s,
             "wall_s": round(wall, 3),
             "freshness_s": round(wall, 3),  # newest event of the window -> servable version
+            "by_user": by_user(out.serving.model, out.data, out.serving.model.config.n_items),
         }
 
 
@@ -396,6 +397,37 @@ def paired_ndcg_gain(a, b) -> np.ndarray:
     known = (targets < n_items) & (contexts.max(1).values < n_items)
     ranks = [rank_targets(arm.serving.model, contexts[known], targets[known]) for arm in (a, b)]
     return ndcg_at_10(ranks[0]) - ndcg_at_10(ranks[1])
+
+
+def by_user(model, data, n_known: int) -> dict[str, dict]:
+    """Prequential NDCG@10 of the window's events by whose they are: users first seen in the
+    window or returning ones, and by how many items the user did before the event (1-4, 5-19,
+    20+). Events with items the model has not seen (index ``n_known`` on) are left out, so
+    every arm is scored on the same events."""
+    seqs = data.sequences
+    contexts, targets, kept = seqs.contexts_for(data.is_new, model.config.max_len)
+    known = (targets < n_known) & (contexts.max(1).values < n_known)
+    scores = ndcg_at_10(rank_targets(model, contexts[known], targets[known]))
+    position = np.empty_like(seqs.order)
+    position[seqs.order] = np.arange(len(seqs.order))
+    pos = position[kept[known.numpy()]]
+    start = seqs.offsets[np.searchsorted(seqs.offsets, pos, side="right") - 1]
+    new_user = data.is_new[seqs.order[start]]
+    before = pos - start
+    groups = {
+        "new_users": new_user,
+        "returning_users": ~new_user,
+        "before_1-4": before < 5,
+        "before_5-19": (before >= 5) & (before < 20),
+        "before_20+": before >= 20,
+    }
+    return {
+        name: {
+            "events": int(rows.sum()),
+            "ndcg@10": float(scores[rows].mean()) if rows.any() else None,
+        }
+        for name, rows in groups.items()
+    }
 
 
 def ndcg_at_10(ranks: np.ndarray) -> np.ndarray:
@@ -529,6 +561,7 @@ def c_window(
     return {
         "ndcg@10": q["ndcg@10"],
         "hr@10": q["hr@10"],
+        "by_user": by_user(learner.model, data, len(learner.vocab) - data.n_new_items),
         "depth": depth,
         "train_s": fit["seconds"],
         "train_targets": fit["targets"],
