@@ -134,6 +134,12 @@ def test_continual_benchmark_replays_every_arm_and_writes_its_plot(tmp_path):
     }
     paired = result["datasets"][data]["summary"]["a_minus_b_second_half"]
     assert paired["events"] > 0 and paired["se"] >= 0  # windows 2, 3: (a) vs (b), per event
+    last = windows[-1]  # by user: two partitions of the same events, the same for every arm
+    for arm in "abc":
+        groups = {name: g["events"] for name, g in last[arm]["by_user"].items()}
+        by_tenure = groups["new_users"] + groups["returning_users"]
+        assert by_tenure == groups["before_1-4"] + groups["before_5-19"] + groups["before_20+"]
+        assert groups == {name: g["events"] for name, g in last["a"]["by_user"].items()}
     assert (tmp_path / "continual-quick.png").stat().st_size > 0
 
 
