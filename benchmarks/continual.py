@@ -14,7 +14,8 @@ same for every arm); then for each later window, in one run:
   last ``--retrain-windows`` windows (all of them with ``--retrain-windows 0``); its examples
   for the windows not run are counted exactly (targets per epoch x epochs), not timed.
 
-Reported per window: prequential NDCG@10/HR@10 (all, and items first seen in the window),
+Reported per window: prequential NDCG@10/HR@10 (all, and items first seen in the window;
+NDCG@10 ``by_user``: new or returning, and by the items each did before the event),
 the share of the window's new items that reach some user's published top-K after the cycle,
 the early-slice NDCG@10 (forgetting), training seconds and examples, the cycle's stages and
 freshness. Plus one 10,000-event cycle by stage (registry save and a Redis publish included
