@@ -25,6 +25,8 @@ when a Redis server binary is present; ``--cycle-only`` times just that). JSON t
 ``--c-from EARLIER.json`` takes (c)'s retrains from an earlier run of the same code instead
 of training them again (they are half of a run on all of ML-1M), when none of the settings (c)
 depends on differs: for probing the loop's settings. Reused records say ``"reused": true``.
+
+benchmarks/continual.md keeps the figures these runs measured and the settings tried.
 """
 
 from __future__ import annotations
@@ -68,81 +70,40 @@ RESULTS = ROOT / "benchmarks" / "results"
 
 @dataclass(frozen=True)
 class Scale:
-    """How much of each data set and how much training: sized for a shared 2-core CPU."""
+    """How much of each data set and how much training: sized for a shared 2-core CPU. The
+    defaults are the best of what benchmarks/continual.md records (figures and what was tried).
+    """
 
     events: dict  # dataset -> events replayed (a prefix in time order)
     max_len: dict  # dataset -> context length
     windows: int = 8
     dim: int = 32
     blocks: int = 2  # starting depth
-    # Depth does not pay at this scale, so growth cannot beat no growth here: with --max-depth
-    # 2, (c) scores NDCG@10 0.1375 on ML-1M's last two windows (seed 1), as at depth 8, and
-    # 0.01053 on Beauty's (seed 0; 0.01055 at depth 8). On all of ML-1M (--events 487650)
-    # depth pays a little: (c) 0.09876 at depth 8 against 0.09836 at 2 (seed 0), and (a)
-    # beats (b) by 0.76%, 0.09% and 0.44% on the second half (seeds 0, 1, 2); (a)/(c) is
-    # 95.6%, 95.9% and 94.0%. On all of Beauty, (a) trails (b) by 2.2% and 9.1% (seeds 0, 1),
-    # and (c) scores 0.0524 at depth 2 against 0.0508 at depth 8 (seed 0).
-    max_depth: int = 8
+    max_depth: int = 8  # depth pays only on all of ML-1M, and a little ("Does depth pay")
     holdout_share: float = 0.1  # (a), (b)'s latest share of a batch, for the gate
     policy: str = "data_volume"  # (a)'s growth policy: data_volume or fitted
     train_steps: int = 1_000  # per cycle, (a) and (b): a cap; train_epochs decides
     # Passes over a cycle's windows, and replayed windows (every target counted) per batch
-    # window. On ML-1M at lr 1e-2 against the annealed (c) (0.1389), (a)'s NDCG@10 on the last
-    # windows (share of (c)'s compute): 9.2 passes with 2.0 replay 0.1080 (34%), 4.6 with 2.0
-    # 0.1202 (19%), 2.3 with 2.0 0.1190 (11%), 1.6 with 8.0 0.1214 (13%), 2.3 with 5.0 0.1252
-    # (16%), 2.8 with 5.0 0.1262 (18%). Since prepare sorts events into one order, 2.8 with 5.0
-    # gives (a)/(c) 95.8%, 88.9% and 91.1% with seeds 0, 1, 2: the order alone moved (c) by
-    # 1.4%, a seed moves (a)/(c) by 7 points, so rows closer than that are not ranked. Neither
-    # a uniform replay (half-life 1.0: 95.6%, 89.7%) nor averaging each cycle's last half of
-    # weights (94.5%) did better, nor, with seed 1 (88.9%), replaying the whole log uniformly
-    # each cycle (89.9% at 19.8%), serving a branch annealed to zero over its last 0.5 passes
-    # while the next cycle continues the constant-rate one (89.3%), or shrinking the weights
-    # towards a fresh initialisation before each cycle (Ash & Adams 2020; 0.8: 85.5%, 0.6:
-    # 82.6%), or training the main passes on more of the batch (--holdout-share 0.02: 87.4%).
-    # On Beauty (half of ML-1M's retrain epochs, so half the budget), 1.35 passes
-    # with 5.0 gives (a)/(c) 90.2%, 112% and 115% at 18.7% with seeds 0, 1, 2 (with the tiled
-    # loss; 99.8%, 114%, 112% before), and (a) trails (b) on the second half by 6%, 7% and 2%.
-    # The product's defaults (8 passes, 0.5 replay) are for streams with many new items per
-    # batch: on the synthetic stream 3.5 passes with 2.0 replay leave candidates the gate
-    # rejects.
+    # window: few passes over much replay stays under 20% of (c)'s compute and beat more
+    # passes over less. The product's defaults (8 passes, 0.5 replay) are for streams with
+    # many new items per batch.
     train_epochs: float = 2.0
     replay_ratio: float = 5.0
     replay_half_life: float = 0.25  # replay's recency weighting (the product's default)
-    # (a), (b)'s cool-down branch (CycleConfig.anneal_share). On all of ML-1M, --epochs 2.0
-    # --anneal 0.6 (19.7% of (c)'s compute) gives (a)/(c) 97.0% and 97.5% (seeds 0, 1; 95.6%
-    # and 95.9% without). With --anneal-fresh 0 (every anneal window drawn uniformly from the
-    # log), --epochs 2.4 --anneal 0.35: 96.6% and 97.1%, but no new item of seed 1's window 4
-    # reached a top-K (1 of 45 without the cool-down; still 0 with a quarter from the batch,
-    # 1 of 45 with that and --epochs 2.0 --anneal 0.6).
-    # Probes of (a) alone, seeds 0 / 1: 1.6 passes with --anneal 1.0, seed 1: 96.7%; 2.0
-    # passes with --anneal 1.0 --replay 3.0: 96.5% / 97.1% at 20.3%; a 1-sqrt decay instead of
-    # a cosine: 97.0% / 97.5%; --max-depth 4, seed 0: 96.7%. Annealing before the gate and the
-    # top-up, on the log without the holdout: 95.9% and 96.4%. A probe that annealed a copy of
-    # the default run's model for one pass over the log before windows 6 and 7 (over the
-    # budget): 97.6% and 98.3%. All of Beauty, seed 0, --replay 5.0: --epochs 0.95 --anneal
-    # 0.45, 92.0% at 19.1%; --epochs 1.15 --anneal 0.35 --anneal-fresh 0, 90.0% at 21.2%;
-    # --epochs 1.35 without the cool-down, 88.9% at 18.9%.
+    # (a), (b)'s cool-down branch (CycleConfig.anneal_share): serving an annealed copy closed
+    # most of the gap to (c). A quarter of it from the batch keeps new items in top-Ks; a
+    # tenth scored a little higher but lost them in one seed.
     anneal_share: float = 0.6
-    # A tenth from the batch (--anneal-fresh 0.1, seeds 0-4 with --c-from the runs at 0.25):
-    # (a)/(c) 98.4%, 99.6%, 98.3%, 98.4%, 98.9% (98.7% against 98.5%), but no new item of seed
-    # 3's windows 5 and 6 reached a top-K. Filling that tenth first with every batch window
-    # that trains a new item did not mend it (seed 3: 98.9%, window 6 still none).
     anneal_fresh_share: float = 0.25  # of the cool-down's windows, from the batch
     batch_size: int = 128
     retrain_epochs: dict = None  # dataset -> epochs of (c) and of the warm-up
     warmup_epochs: int | None = None  # the warm-up's own epochs (None: retrain_epochs)
-    # Every arm's rate. (c) must be a well-tuned retrain, or (a)/(c) flatters the loop: on
-    # ML-1M's last two windows (c) scores NDCG@10 0.1134 at 3e-3, 0.1296 at 6e-3 and 0.1299
-    # at 1e-2. The loop's fine-tuning, with (c) at 1e-2: 0.1211 at 1e-2, 0.1216 at 1.5e-2
-    # (and 0.1080 at 3e-3).
+    # Every arm's rate. (c) must be a well-tuned retrain, or (a)/(c) flatters the loop:
+    # 1e-2 was (c)'s best (6e-3 scored about the same, 3e-3 far lower).
     lr: float = 1e-2
-    # (a), (b)'s fine-tuning rate (None: lr). With the cool-down branch the trunk can run hotter,
-    # since what is served is annealed: on all of ML-1M (--epochs 2.0 --anneal 0.6, seed 0),
-    # (a)/(c) 97.0% at 1e-2, 97.9% at 1.5e-2, 98.3% at 2e-2 and 98.3% at 3e-2 (seed 1: 97.5% at
-    # 1e-2, 99.0% at 3e-2; seeds 0-4 on another machine: 98.6%, 99.4%, 97.7%, 98.1%, 98.6%),
-    # and (a)'s lead over (b) grows with it. All of Beauty, --epochs 0.95 --replay 5.0 --anneal
-    # 0.45: 92.0% at 1e-2 with the sampled softmax (--loss auto, seed 0), 102.0% (seed 0) and
-    # 110.4% (seed 1) at 2e-2 with the full softmax that (c) trains with.
+    # (a), (b)'s fine-tuning rate (None: lr). With the cool-down branch the trunk can run
+    # hotter, since what is served is annealed: 3e-2 matched 2e-2 and beat 1e-2 and 1.5e-2
+    # (4e-2 fell back). On Beauty, 2e-2 with the full softmax that (c) trains with.
     cycle_lr: float | None = 3e-2
     lr_schedule: str = "constant"  # (a), (b)'s rate within a cycle: constant or cosine
     # The warm-up's and (c)'s rate over their whole run. Annealing is part of a well-tuned
@@ -151,8 +112,7 @@ class Scale:
     loss: str = "auto"  # (a), (b)'s loss: full, sampled, or auto (the product's rule)
     n_negatives: int = 2048  # (a), (b)'s sampled softmax (the product's default)
     retrain_windows: int = 2  # (c) runs on the last N windows; 0: every window
-    # Events of window 1 watched for forgetting: all of them. With 2,000, Beauty's largest
-    # "drop" ranged from none to 41% across neighbouring settings: noise, not forgetting.
+    # Events of window 1 watched for forgetting: all of them (a few thousand are too noisy).
     early_slice: int = 1_000_000
     seed: int = 0  # every arm's models, shuffles and negatives
     publish_users: int = 2_000  # users whose top-K is checked for new items
