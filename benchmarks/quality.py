@@ -52,6 +52,7 @@ windows of ``max_len`` with a loss at every position, so an epoch costs us far f
 passes. ``--windows-per-step`` sets our batch size (RecBole's is 128 sequences).
 
 It prints one JSON document and a Markdown table, and writes both under benchmarks/results/.
+benchmarks/quality.md keeps the tables these runs measured.
 """
 
 from __future__ import annotations
