@@ -7,12 +7,9 @@
 # ROWS picks rows as dataset:model:implementation[:one extra flag], e.g. "beauty:sasrec:ours:--no-amp";
 # SEEDS="0 1 2" runs each row once per seed (the table then adds each recipe's mean over seeds).
 # Beauty rows train with dropout 0.2, 128 windows per step and our rate on a cosine over 20
-# epochs: SASRec NDCG@10 0.0330 / 0.0329 / 0.0328 over three seeds on an H200 in float32
-# (a constant rate: 0.0325 / 0.0325 / 0.0326; dropout 0.1 with it: 0.0325 / 0.0324 / 0.0322).
-# ML-100K's SASRec row trains on windows one target apart (--stride=1): every target keeps its
-# whole 50-item context, as RecBole's prefixes do (ML-100K users have 106 items); over five seeds
-# on a CPU that gave NDCG@10 0.1145 against RecBole's 0.1065 (seeds 0-2 alone: 0.1098 against
-# 0.1115; a seed moves either side by about 0.008), disjoint windows 0.1024 (seeds 0-2).
+# epochs (the cosine took SASRec past the published figure). ML-100K's SASRec row trains on
+# windows one target apart (--stride=1): every target keeps its whole 50-item context, as
+# RecBole's prefixes do (ML-100K users have 106 items). The figures: benchmarks/quality.md.
 # Timings taken this way share the machine: compare their speed columns as rough ratios only.
 set -euo pipefail
 out=${1:?usage: benchmarks/quality_parallel.sh OUT_DIR}
