@@ -160,3 +160,26 @@ def test_continual_benchmark_reuses_the_retrains_only_when_they_would_be_the_sam
     assert other.stderr.strip().splitlines() == [
         f"--c-from {earlier}: (c) was trained with other settings: lr"
     ]
+
+
+def test_continual_seeds_sums_runs_up_as_the_table_and_its_figure(tmp_path):
+    dataset("ml-1m/ratings_users1-2999.dat.gz")
+    quick = ("benchmarks/continual.py", "--quick", "--datasets", "ml-1m", "--events", "6000")
+    runs = [
+        benchmark_json(*quick, "--seed", seed, "--out", str(tmp_path), "--name", f"s{seed}")
+        for seed in ("0", "1")
+    ]
+    seeds = run_benchmark(
+        "benchmarks/continual_seeds.py", *(str(tmp_path / f"s{s}.json") for s in (1, 0)),
+        "--markdown", "--plot", str(tmp_path / "seeds.png"),
+    )  # fmt: skip
+    assert seeds.returncode == 0, seeds.stderr[-3000:]
+    table = seeds.stdout.splitlines()
+    assert [line.split(" | ")[0] for line in table[2:4]] == ["| 0", "| 1"]  # in seed order
+    ratios = [r["datasets"]["ml-1m"]["summary"]["ndcg@10_last"]["a_over_c"] for r in runs]
+    assert f"over 2 seeds: **{sum(ratios) / 2:.1%} ± " in table[-1]
+    assert (tmp_path / "seeds.png").stat().st_size > 0
+
+    wrong = run_benchmark("benchmarks/continual_seeds.py", str(tmp_path / "seeds.png"))
+    assert wrong.returncode != 0
+    assert wrong.stderr.strip().startswith(f"error: {tmp_path / 'seeds.png'}: not a ")
