@@ -33,12 +33,12 @@ def seed_row(result: dict, dataset: str) -> dict:
         "a": s["ndcg@10_last"]["a"],
         "c": s["ndcg@10_last"]["c"],
         "a_over_c": s["ndcg@10_last"]["a_over_c"],
-        "b_over_c": np.mean([w["b"]["ndcg@10"] for w in last]) / s["ndcg@10_last"]["c"],
+        "b_over_c": float(np.mean([w["b"]["ndcg@10"] for w in last]) / s["ndcg@10_last"]["c"]),
         "a_over_c_by_window": [w["a"]["ndcg@10"] / w["c"]["ndcg@10"] for w in last],
         "b_over_c_by_window": [w["b"]["ndcg@10"] / w["c"]["ndcg@10"] for w in last],
         "compute_a_over_c": s["compute"]["a_over_c_every_window"],
-        "a_over_b_second_half": gain["mean"] / s["ndcg@10_second_half"]["b"],
-        "a_over_b_second_half_se": gain["mean"] / gain["se"] if gain["se"] else None,
+        "a_gain_over_b_second_half": gain["mean"] / s["ndcg@10_second_half"]["b"],
+        "a_gain_over_b_in_se": gain["mean"] / gain["se"] if gain["se"] else None,
         "new_items_recommended_min": s["new_items_recommended_min"],
         "worst_early_slice_drop": s["forgetting_early_slice_max"],
         "rejected": s["rejected"]["a"],
@@ -59,7 +59,7 @@ def mean_and_se(values: list[float]) -> dict:
 
 
 def summarise(rows: list[dict]) -> dict:
-    figures = ("a", "c", "a_over_c", "b_over_c", "compute_a_over_c", "a_over_b_second_half")
+    figures = ("a", "c", "a_over_c", "b_over_c", "compute_a_over_c", "a_gain_over_b_second_half")
     return {
         "seeds": len(rows),
         **{name: mean_and_se([r[name] for r in rows]) for name in figures},
@@ -79,12 +79,13 @@ def markdown(rows: list[dict], summary: dict) -> str:
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
+        in_se = "n/a" if r["a_gain_over_b_in_se"] is None else f"{r['a_gain_over_b_in_se']:.1f}"
         lines.append(
             f"| {r['seed']} | {r['a']:.4f} | {r['c']:.4f} | **{r['a_over_c']:.1%}** "
             f"| {' / '.join(f'{x:.1%}' for x in r['a_over_c_by_window'])} "
             f"| {' / '.join(f'{x:.1%}' for x in r['b_over_c_by_window'])} "
             f"| {r['compute_a_over_c']:.1%} "
-            f"| {r['a_over_b_second_half']:+.1%} ({r['a_over_b_second_half_se']:.1f}) "
+            f"| {r['a_gain_over_b_second_half']:+.1%} ({in_se}) "
             f"| {r['new_items_recommended_min'] or 0:.1%} | {r['worst_early_slice_drop']:+.1%} |"
         )
     ratio = summary["a_over_c"]
