@@ -92,7 +92,7 @@ class Scale:
     replay_half_life: float = 0.25  # replay's recency weighting (the product's default)
     # (a), (b)'s cool-down branch (CycleConfig.anneal_share): serving an annealed copy closed
     # most of the gap to (c). A quarter of it from the batch keeps new items in top-Ks; a
-    # tenth scored a little higher but lost them in one seed.
+    # fifth, 0.15 and a tenth scored a little higher but lost them in some seed.
     anneal_share: float = 0.6
     anneal_fresh_share: float = 0.25  # of the cool-down's windows, from the batch
     batch_size: int = 128
