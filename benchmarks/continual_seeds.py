@@ -94,7 +94,7 @@ def markdown(rows: list[dict], summary: dict) -> str:
     return "\n".join(lines)
 
 
-def plot(rows: list[dict], dataset: str, path: Path) -> None:
+def plot(rows: list[dict], summary: dict, dataset: str, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -128,8 +128,7 @@ def plot(rows: list[dict], dataset: str, path: Path) -> None:
     last.set_xticks(seeds, [f"seed {r['seed']}" for r in rows])
     last.set_ylim(90, 103)
     last.set_ylabel("% of (c)'s NDCG@10")
-    compute = np.mean([r["compute_a_over_c"] for r in rows])
-    ratio = np.mean([r["a_over_c"] for r in rows])
+    compute, ratio = summary["compute_a_over_c"]["mean"], summary["a_over_c"]["mean"]
     last.set_title(f"{dataset}: the last windows against (c) a full retrain,\n(a)/(c) {ratio:.1%} "
                    f"on average, at {compute:.1%} of (c)'s compute")  # fmt: skip
     last.legend(fontsize=8, loc="lower right")
@@ -159,7 +158,7 @@ def main() -> None:
     rows = load(args.results, args.dataset)
     summary = summarise(rows)
     if args.plot:
-        plot(rows, args.dataset, args.plot)
+        plot(rows, summary, args.dataset, args.plot)
     if args.markdown:
         print(markdown(rows, summary))
     else:
