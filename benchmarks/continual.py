@@ -71,7 +71,8 @@ RESULTS = ROOT / "benchmarks" / "results"
 @dataclass(frozen=True)
 class Scale:
     """How much of each data set and how much training: sized for a shared 2-core CPU. The
-    defaults are the best of what benchmarks/continual.md records (figures and what was tried).
+    loop's settings are the product's defaults (CycleConfig), which are the best of what
+    benchmarks/continual.md records (figures and what was tried); flags override them.
     """
 
     events: dict  # dataset -> events replayed (a prefix in time order)
@@ -80,37 +81,30 @@ class Scale:
     dim: int = 32
     blocks: int = 2  # starting depth
     max_depth: int = 8  # depth pays only on all of ML-1M, and a little ("Does depth pay")
-    holdout_share: float = 0.1  # (a), (b)'s latest share of a batch, for the gate
-    policy: str = "data_volume"  # (a)'s growth policy: data_volume or fitted
-    train_steps: int = 1_000  # per cycle, (a) and (b): a cap; train_epochs decides
-    # Passes over a cycle's windows, and replayed windows (every target counted) per batch
-    # window: few passes over much replay stays under 20% of (c)'s compute and beat more
-    # passes over less. The product's defaults (8 passes, 0.5 replay) are for streams with
-    # many new items per batch.
-    train_epochs: float = 2.0
-    replay_ratio: float = 5.0
-    replay_half_life: float = 0.25  # replay's recency weighting (the product's default)
-    # (a), (b)'s cool-down branch (CycleConfig.anneal_share): serving an annealed copy closed
-    # most of the gap to (c). A quarter of it from the batch keeps new items in top-Ks; a
-    # fifth, 0.15 and a tenth scored a little higher but lost them in some seed.
-    anneal_share: float = 0.6
-    anneal_fresh_share: float = 0.25  # of the cool-down's windows, from the batch
-    batch_size: int = 128
+    policy: str = "data_volume"  # (a)'s growth policy: data_volume (it grows) or fitted
+    # (a), (b): the product's cycle. Few passes over much replay stayed under 20% of (c)'s
+    # compute and beat more passes over less; serving an annealed branch closed most of the
+    # gap to (c), and a quarter of it from the batch keeps new items in top-Ks.
+    holdout_share: float = CycleConfig.holdout_share  # latest share of a batch, for the gate
+    train_steps: int = CycleConfig.train_steps  # per cycle: a cap; train_epochs decides
+    train_epochs: float = CycleConfig.train_epochs
+    replay_ratio: float = CycleConfig.replay_ratio
+    replay_half_life: float = CycleConfig.replay_half_life
+    anneal_share: float = CycleConfig.anneal_share
+    anneal_fresh_share: float = CycleConfig.anneal_fresh_share
+    batch_size: int = CycleConfig.batch_size
     retrain_epochs: dict = None  # dataset -> epochs of (c) and of the warm-up
     warmup_epochs: int | None = None  # the warm-up's own epochs (None: retrain_epochs)
-    # Every arm's rate. (c) must be a well-tuned retrain, or (a)/(c) flatters the loop:
-    # 1e-2 was (c)'s best (6e-3 scored about the same, 3e-3 far lower).
-    lr: float = 1e-2
-    # (a), (b)'s fine-tuning rate (None: lr). With the cool-down branch the trunk can run
-    # hotter, since what is served is annealed: 3e-2 matched 2e-2 and beat 1e-2 and 1.5e-2
-    # (4e-2 fell back). On Beauty, 2e-2 with the full softmax that (c) trains with.
-    cycle_lr: float | None = 3e-2
-    lr_schedule: str = "constant"  # (a), (b)'s rate within a cycle: constant or cosine
+    # Every arm's rate from scratch (the warm-up's and (c)'s). (c) must be a well-tuned
+    # retrain, or (a)/(c) flatters the loop.
+    lr: float = CycleConfig.scratch_lr
+    cycle_lr: float | None = CycleConfig.lr  # (a), (b)'s fine-tuning rate (None: lr)
+    lr_schedule: str = CycleConfig.lr_schedule  # (a), (b)'s rate within a cycle
     # The warm-up's and (c)'s rate over their whole run. Annealing is part of a well-tuned
     # retrain: on ML-1M's last two windows (c) scores 0.1295 constant, 0.1386 cosine.
     retrain_schedule: str = "cosine"
-    loss: str = "auto"  # (a), (b)'s loss: full, sampled, or auto (the product's rule)
-    n_negatives: int = 2048  # (a), (b)'s sampled softmax (the product's default)
+    loss: str = CycleConfig.loss  # (a), (b)'s loss: full, sampled, or auto
+    n_negatives: int = CycleConfig.n_negatives  # (a), (b)'s sampled softmax
     retrain_windows: int = 2  # (c) runs on the last N windows; 0: every window
     # Events of window 1 watched for forgetting: all of them (a few thousand are too noisy).
     early_slice: int = 1_000_000

@@ -146,7 +146,7 @@ def train(
         result = train_progressively(
             learner.model,
             windows,
-            cycle_config(settings).train_config(),
+            cycle_config(settings).scratch_train_config(),
             config,
             lambda model: validation_metrics(model, split),
             optimizer_state=learner.optimizer_state,

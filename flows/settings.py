@@ -13,10 +13,13 @@ from pathlib import Path
 from pydantic import Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from stackrec.continual import CycleConfig
 from stackrec.registry import Registry
 from streaming.consumer import ConsumerConfig
 from streaming.kafka_config import KafkaConfig
 from streaming.redis_store import RedisConfig
+
+_CYCLE = CycleConfig()
 
 
 class SettingsError(ValueError):
@@ -52,15 +55,22 @@ class Settings(BaseSettings):
     model: str = Field("default", pattern=r"^[A-Za-z0-9_.-]{1,64}$")
     batch_max_events: int = Field(50_000, ge=1)
     batch_max_wait_s: float = Field(5.0, gt=0)
-    train_steps: int = Field(200, ge=0, description="most fine-tuning steps per cycle")
+    # The learning defaults are CycleConfig's, the best measured on real data (README).
+    train_steps: int = Field(_CYCLE.train_steps, ge=0, description="most steps per cycle")
     train_epochs: float = Field(
-        8.0, ge=0, description="passes over a cycle's windows (capped by train_steps); 0: no cap"
+        _CYCLE.train_epochs, ge=0, description="passes over a cycle's windows; 0: no cap"
+    )
+    cold_start_epochs: float = Field(
+        _CYCLE.cold_start_epochs, gt=0, description="passes of the first cycle, from nothing"
     )
     batch_size: int = Field(128, ge=1)
     dim: int = Field(64, ge=4)
     blocks: int = Field(2, ge=1)
     max_len: int = Field(50, ge=2)
-    lr: float = Field(1e-2, gt=0, description="fine-tuning and bootstrap rate (AdamW)")
+    lr: float = Field(_CYCLE.lr, gt=0, description="a cycle's fine-tuning rate (AdamW)")
+    scratch_lr: float = Field(
+        _CYCLE.scratch_lr, gt=0, description="bootstrap, transfer and cold-start rate"
+    )
     loss: str = Field(
         "auto", pattern=r"^(auto|full|sampled)$", description="auto: CPU samples past sampled_above"
     )
@@ -68,15 +78,17 @@ class Settings(BaseSettings):
     negatives: int = Field(2048, ge=1, description="sampled softmax: negatives per step")
     model_kind: str = Field("nextitnet", pattern=r"^(nextitnet|sasrec)$")
     imprint_new_items: bool = Field(True, description="new items start from their contexts")
-    replay_ratio: float = Field(0.5, ge=0, description="replayed windows per new window")
+    replay_ratio: float = Field(
+        _CYCLE.replay_ratio, ge=0, description="replayed windows per new window"
+    )
     holdout_share: float = Field(
         0.1, ge=0, lt=1, description="latest share of a batch for the gate"
     )
     anneal_share: float = Field(
-        0.0, ge=0, description="cool-down branch steps per fine-tuning step (0: off; README)"
+        _CYCLE.anneal_share, ge=0, description="cool-down steps per fine-tuning step (0: off)"
     )
     anneal_fresh_share: float = Field(
-        0.25, ge=0, le=1, description="share of the cool-down's windows from the batch (README)"
+        _CYCLE.anneal_fresh_share, ge=0, le=1, description="share of the cool-down from the batch"
     )
     gate_tolerance: float = Field(0.05, ge=0, le=1, description="relative NDCG@10 drop allowed")
     growth_policy: str = Field(

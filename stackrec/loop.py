@@ -97,6 +97,8 @@ def learn_cycle(
     clock = _clock(stages, on_stage)
     learner = copy.deepcopy(serving)
     first = serving.parent is None and not serving.observations
+    if first:  # a cold start: a fresh model, not one to fine-tune
+        config = replace(config, cycle=config.cycle.cold_start())
     with clock("sequences"):
         data = continual.prepare(learner, history, fresh, config.cycle.holdout_share)
     with clock("evaluate"):

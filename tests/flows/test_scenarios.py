@@ -151,7 +151,7 @@ def test_learn_cycle_leaves_the_serving_learner_alone_when_the_gate_rejects(tmp_
     assert good.promoted and good.learner is not serving
     assert len(good.learner.vocab) == items + good.data.n_new_items > items
     assert good.train_targets > 0 and set(good.stages_s) == {
-        "sequences", "evaluate", "stack", "train", "gate",
+        "sequences", "evaluate", "stack", "train", "gate", "cool_down",
     }  # fmt: skip
 
 
