@@ -599,7 +599,7 @@ def time_one_cycle(table: pa.Table, scale: Scale, name: str) -> dict:
     history_n = min(scale.events[name], table.num_rows - scale.cycle_events)
     fresh = table.slice(history_n, scale.cycle_events)
     history = table.slice(0, history_n)
-    # the product's defaults (dim 64, 2 blocks, 8 epochs, <= 200 steps), with --anneal's cool-down
+    # the product's defaults (CycleConfig: width 64), with --anneal's cool-down
     cycle = CycleConfig(
         anneal_share=scale.anneal_share, anneal_fresh_share=scale.anneal_fresh_share
     )
