@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from flows.settings import Settings, SettingsError
+from stackrec.continual import CycleConfig
 from streaming.consumer import ConsumerConfig
 from streaming.kafka_config import KafkaConfig
 from streaming.redis_store import RedisConfig
@@ -102,6 +103,16 @@ def test_the_cycle_config_carries_the_training_settings(env):
     assert (cycle.anneal_share, cycle.replay_ratio, cycle.holdout_share) == (0.35, 5.0, 0.05)
     assert cycle.anneal_fresh_share == 0.5
     assert cycle.train_epochs is None  # 0: exactly train_steps
+    env(cold_start_epochs="5", scratch_lr="0.004")
+    cycle = cycle_config(Settings.load())
+    assert (cycle.cold_start_epochs, cycle.scratch_lr) == (5.0, 0.004)
+    assert cycle.scratch_train_config().lr == 0.004  # bootstrap and transfer train with it
+
+
+def test_the_learning_defaults_are_the_cycles_measured_ones(env):
+    from flows.cycle import cycle_config
+
+    assert cycle_config(Settings.load()) == CycleConfig()
 
 
 @pytest.mark.parametrize(
@@ -115,6 +126,7 @@ def test_the_cycle_config_carries_the_training_settings(env):
         ("metrics_port", "70000", "STACKREC_METRICS_PORT: Input should be less than or equal"),
         ("anneal_share", "-1", "STACKREC_ANNEAL_SHARE: Input should be greater than or equal to 0"),
         ("anneal_fresh_share", "2", "STACKREC_ANNEAL_FRESH_SHARE: Input should be less than or"),
+        ("cold_start_epochs", "0", "STACKREC_COLD_START_EPOCHS: Input should be greater than 0"),
     ],
 )
 def test_bad_environment_value_names_the_variable(env, name, value, message):
