@@ -1,6 +1,6 @@
 """Wall time of one continual cycle by stage, and its events/s, on the local stack.
 
-    python benchmarks/cycle.py [--events 10000] [--steps 200] [--repeat 2]
+    python benchmarks/cycle.py [--events 10000] [--steps N] [--repeat 2]
 
 Starts a broker and Redis on free ports in a temporary run directory, replays a synthetic
 stream, runs ``--repeat`` cycles of ``--events`` events each (the first one creates the model;
@@ -23,7 +23,7 @@ from pathlib import Path
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=10_000)
-    parser.add_argument("--steps", type=int, default=200)
+    parser.add_argument("--steps", type=int, help="most steps a cycle (default: the product's)")
     parser.add_argument("--repeat", type=int, default=2)
     args = parser.parse_args()
     home = Path(tempfile.mkdtemp(prefix="stackrec-bench-"))
@@ -88,7 +88,7 @@ def main() -> None:
             {
                 "benchmark": "cycle",
                 "events_per_cycle": args.events,
-                "train_steps": args.steps,
+                "train_steps": settings.train_steps,
                 "prefect_startup_s": round(startup_s, 1),
                 "cycles": cycles,
             },
