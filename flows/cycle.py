@@ -177,7 +177,7 @@ def learn(
     settings: Settings, learner: Learner, history: pa.Table, fresh: pa.Table, clock: _StageClock
 ) -> CycleOutcome:
     """The cycle's learning sequence (``stackrec.loop``); stages timed into the report."""
-    return learn_cycle(learner, history, fresh, _loop_config(settings), on_stage=clock.record)
+    return learn_cycle(learner, history, fresh, loop_config(settings), on_stage=clock.record)
 
 
 @task(**_LOCAL)
@@ -273,7 +273,7 @@ class _StageClock:
         metrics.STAGE_DURATION.labels(self.model, stage).observe(seconds)
 
 
-def _loop_config(settings: Settings) -> LoopConfig:
+def loop_config(settings: Settings) -> LoopConfig:
     return LoopConfig(
         cycle=cycle_config(settings),
         growth_policy=settings.growth_policy,

@@ -42,13 +42,7 @@ def run_demo(
         read_interactions(dataset, fmt) if dataset else generate(StreamConfig(n_events=n_events))
     ).slice(0, n_events)
     chunk = math.ceil(table.num_rows / cycles)
-    # The demo's few cycles are too short a stream for the fitted policy to stack; data_volume
-    # shows stacking unless STACKREC_GROWTH_POLICY says otherwise.
-    overrides = (
-        {"growth_policy": "data_volume"}
-        | _flow_overrides(settings)
-        | {"batch_max_events": chunk, "batch_max_wait_s": 10}
-    )
+    overrides = _flow_overrides(settings) | {"batch_max_events": chunk, "batch_max_wait_s": 10}
     reports = []
     for index in tqdm(range(cycles), desc="cycles", unit="cycle", file=sys.stderr):
         part = table.slice(index * chunk, chunk)

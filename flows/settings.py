@@ -14,12 +14,13 @@ from pydantic import Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from stackrec.continual import CycleConfig
+from stackrec.loop import LoopConfig
 from stackrec.registry import Registry
 from streaming.consumer import ConsumerConfig
 from streaming.kafka_config import KafkaConfig
 from streaming.redis_store import RedisConfig
 
-_CYCLE = CycleConfig()
+_CYCLE, _LOOP = CycleConfig(), LoopConfig()
 
 
 class SettingsError(ValueError):
@@ -55,7 +56,7 @@ class Settings(BaseSettings):
     model: str = Field("default", pattern=r"^[A-Za-z0-9_.-]{1,64}$")
     batch_max_events: int = Field(50_000, ge=1)
     batch_max_wait_s: float = Field(5.0, gt=0)
-    # The learning defaults are CycleConfig's, the best measured on real data (README).
+    # The learning defaults are CycleConfig's and LoopConfig's, the best measured on real data.
     train_steps: int = Field(_CYCLE.train_steps, ge=0, description="most steps per cycle")
     train_epochs: float = Field(
         _CYCLE.train_epochs, ge=0, description="passes over a cycle's windows; 0: no cap"
@@ -90,16 +91,22 @@ class Settings(BaseSettings):
     anneal_fresh_share: float = Field(
         _CYCLE.anneal_fresh_share, ge=0, le=1, description="share of the cool-down from the batch"
     )
-    gate_tolerance: float = Field(0.05, ge=0, le=1, description="relative NDCG@10 drop allowed")
+    gate_tolerance: float = Field(
+        _LOOP.gate.tolerance, ge=0, le=1, description="relative NDCG@10 drop allowed"
+    )
     growth_policy: str = Field(
-        "fitted", pattern=r"^(data_volume|fitted|none)$", description="when to stack (README)"
+        _LOOP.growth_policy,
+        pattern=r"^(data_volume|fitted|none)$",
+        description="when to stack (README)",
     )
-    growth_factor: float = Field(2.0, gt=1, description="data_volume: stack when data grew this x")
-    max_depth: int = Field(16, ge=1)
+    growth_factor: float = Field(
+        _LOOP.growth_factor, gt=1, description="data_volume: stack when data grew this x"
+    )
+    max_depth: int = Field(_LOOP.max_depth, ge=1)
     stack_operator: str = Field(
-        "adjacent", pattern=r"^(adjacent|cross|copy_top_k|embeddings_only)$"
+        _LOOP.stack_operator, pattern=r"^(adjacent|cross|copy_top_k|embeddings_only)$"
     )
-    stack_mode: str = Field("function_preserving", pattern=r"^(function_preserving|faithful)$")
+    stack_mode: str = Field(_LOOP.stack_mode, pattern=r"^(function_preserving|faithful)$")
     top_k: int = Field(50, ge=1, description="recommendations published per user")
     publish_users: int = Field(
         100_000, ge=1, description="top-K published for this many most recently active users"

@@ -31,7 +31,10 @@ from stackrec.train import TrainResult
 @dataclass(frozen=True)
 class LoopConfig:
     cycle: CycleConfig = field(default_factory=CycleConfig)
-    growth_policy: str = "fitted"  # fitted | data_volume | none (README: which growth policy)
+    # data_volume | fitted | none. At the cycle's defaults data_volume beat no growth on all of
+    # ML-1M in every seed and tied on Beauty; fitted kept ML-1M at depth 2 until its last
+    # window (README: which growth policy).
+    growth_policy: str = "data_volume"
     growth_factor: float = 2.0  # data_volume: stack when the data grew this many times
     max_depth: int = 16
     stack_operator: str = "adjacent"

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from flows.settings import Settings, SettingsError
-from stackrec.continual import CycleConfig
+from stackrec.loop import LoopConfig
 from streaming.consumer import ConsumerConfig
 from streaming.kafka_config import KafkaConfig
 from streaming.redis_store import RedisConfig
@@ -109,10 +109,10 @@ def test_the_cycle_config_carries_the_training_settings(env):
     assert cycle.scratch_train_config().lr == 0.004  # bootstrap and transfer train with it
 
 
-def test_the_learning_defaults_are_the_cycles_measured_ones(env):
-    from flows.cycle import cycle_config
+def test_the_learning_defaults_are_the_loops_measured_ones(env):
+    from flows.cycle import loop_config
 
-    assert cycle_config(Settings.load()) == CycleConfig()
+    assert loop_config(Settings.load()) == LoopConfig()
 
 
 @pytest.mark.parametrize(

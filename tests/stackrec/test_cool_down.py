@@ -76,7 +76,7 @@ def test_a_diverging_cool_down_rejects_the_cycle(tmp_path, table, monkeypatch):
 
 
 def test_the_next_cycle_scores_the_branch_and_trains_the_trunk(tmp_path, table, monkeypatch):
-    first, config = first_cycle(tmp_path, table)
+    first, config = first_cycle(tmp_path, table, growth_policy="none")  # the trunk, not stacked
     served, trunk = first.learner.model, first.learner.trunk
     trained_from = []
     fine_tune = continual.fine_tune
