@@ -98,8 +98,8 @@ def read_whole_log(settings: Settings) -> tuple[pa.Table, int]:
     table = log.read(through=through)
     if table.num_rows == 0:
         raise EmptyLogError(
-            f"the interaction log {settings.log_dir} is empty: replay events and run "
-            "`stackrec cycle` (or pass a file to `stackrec train`) first"
+            f"the interaction log {settings.log_dir} is empty: send events (`stackrec "
+            "replay`) and consume them into it (`stackrec ingest`) first"
         )
     return table, through
 

@@ -303,7 +303,9 @@ app.command(name="evaluate")(user_errors(offline.evaluate))
 app.command(name="serve")(user_errors(serve.serve))
 app.command(name="report")(user_errors(report.report))
 app.add_typer(models.app, name="models")
-from flows import bootstrap, transfer  # noqa: E402  (scenario flows: import Prefect)
+from flows import bootstrap, ingest, transfer  # noqa: E402  (flows: import Prefect)
+
+app.command(name="ingest")(user_errors(ingest.ingest_command))
 
 app.command(name="bootstrap")(user_errors(bootstrap.bootstrap_command))
 app.command(name="transfer")(user_errors(transfer.transfer_command))

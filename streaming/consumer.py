@@ -363,6 +363,30 @@ def ingest_batch(
         return ingestor.batch()
 
 
+def ingest_pending(
+    kafka: KafkaConfig,
+    config: ConsumerConfig,
+    log: InteractionLog,
+    on_batch: Callable[[IngestResult], None] | None = None,
+) -> list[IngestResult]:
+    """Consume batches into ``log`` until the group has caught up (no lag left, or a batch that
+    found nothing): a backfill without training.
+
+    A stream that outpaces ingest would never leave it caught up, so it also stops once it has
+    read twice what was pending after its first batch; the rest waits for the next cycle."""
+    results: list[IngestResult] = []
+    pending: int | None = None
+    with Ingestor(kafka, config, log) as ingestor:
+        while True:
+            result = ingestor.batch()
+            results.append(result)
+            if on_batch:
+                on_batch(result)
+            pending = result.read + result.lag if pending is None else pending
+            if result.lag == 0 or result.read == 0 or sum(r.read for r in results) >= 2 * pending:
+                return results
+
+
 def open_source(
     kafka: KafkaConfig, config: ConsumerConfig, on_assign: Callable[[list[int]], dict[int, int]]
 ) -> Source:

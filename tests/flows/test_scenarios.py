@@ -114,6 +114,39 @@ def test_transfer_by_ids_maps_shared_items_and_serves_the_target(
     assert InteractionLog(Settings.load().log_dir).manifest().trained_through == 0
 
 
+def test_events_on_the_topic_reach_a_bootstrap_through_ingest(stack, prefect_harness, monkeypatch):
+    """The from-scratch scenario as a user runs it: replay -> ingest (no training) -> bootstrap."""
+    for key, value in SMALL.items():
+        monkeypatch.setenv(f"STACKREC_{key.upper()}", str(value))
+    cli = CliRunner()
+    sent = cli.invoke(app, ["replay", "--synthetic-events", "900", "--json"])
+    assert sent.exit_code == 0, sent.output
+
+    ingested = cli.invoke(app, ["ingest", "--max-events", "400", "--json"])
+    assert ingested.exit_code == 0, ingested.output
+    report = json.loads(ingested.stdout)
+    assert report["batches"] >= 3 and report["logged"] == 900 and report["lag"] == 0
+    assert report["log_events"] == 900
+    assert Settings.load().registry().current() is None  # nothing trained
+
+    again = json.loads(cli.invoke(app, ["ingest", "--json"]).stdout)
+    assert again["logged"] == 0 and again["log_events"] == 900
+
+    result = cli.invoke(
+        app, ["bootstrap", "--schedule", "1,2", "--epochs-per-stage", "1", "--json"]
+    )
+    assert result.exit_code == 0, result.output
+    assert Settings.load().registry().meta(1)["events_trained"] == 900
+
+
+def test_ingest_with_the_broker_down_is_a_one_line_error(stack, monkeypatch):
+    monkeypatch.setenv("STACKREC_KAFKA_BOOTSTRAP", "127.0.0.1:9")
+    result = CliRunner().invoke(app, ["ingest"])
+    assert result.exit_code == 1
+    assert result.output.startswith("error: no Kafka broker at 127.0.0.1:9: start one")
+    assert len(result.output.strip().splitlines()) == 1
+
+
 def test_bootstrap_on_an_empty_log_is_a_one_line_error(stack):
     result = CliRunner().invoke(app, ["bootstrap"])
     assert result.exit_code == 1

@@ -12,7 +12,7 @@ import pytest
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.errors import KafkaError
 
-from streaming import services
+from streaming import consumer, services
 from streaming.consumer import ConsumerConfig, IngestResult, ingest_batch
 from streaming.events import LOG_SCHEMA, parse_event
 from streaming.kafka_config import KafkaConfig
@@ -294,3 +294,26 @@ def test_broker_down_fails_fast_with_the_address(tmp_path):
         ingest_batch(KafkaConfig(bootstrap=address), ConsumerConfig(max_wait_s=1.0), log)
     assert time.monotonic() - started < 5
     assert log.manifest().segments == []
+
+
+def test_ingest_pending_stops_when_the_stream_outpaces_it(monkeypatch, tmp_path):
+    """A topic that never drains (lag stays 100) ends after twice what was pending at first."""
+
+    class Outpaced:
+        def __init__(self, *args) -> None:
+            self.batches = 0
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc) -> None:
+            pass
+
+        def batch(self) -> IngestResult:
+            self.batches += 1
+            return IngestResult(read=100, logged=100, lag=100)
+
+    monkeypatch.setattr(consumer, "Ingestor", Outpaced)
+    log = InteractionLog(tmp_path / "log")
+    results = consumer.ingest_pending(KafkaConfig(), ConsumerConfig(), log)
+    assert len(results) == 4  # 2 x (100 read + 100 lag) after the first batch
