@@ -72,7 +72,6 @@ def ingest_command(
 ) -> None:
     """Consume the events pending on the topic into the log, without training (before a
     bootstrap or transfer)."""
-
     from flows.cli import _flow_overrides, settings
 
     s = settings(batch_max_events=max_events)
