@@ -163,3 +163,29 @@ def test_free_port_is_bindable_and_closed():
     assert not services.port_open(HOST, port)
     with socket.socket() as probe:
         probe.bind((HOST, port))
+
+
+def test_free_ports_are_never_handed_out_twice(monkeypatch):
+    """The OS may offer a closed probe's port again; a test's three services once got two
+    identical ports that way (the Pushgateway's and the exporter's)."""
+    offered = iter([41000, 41000, 41001])
+
+    class Probe:
+        def __init__(self, *args) -> None:
+            self.port = next(offered)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc) -> None:
+            pass
+
+        def bind(self, address) -> None:
+            pass
+
+        def getsockname(self):
+            return (HOST, self.port)
+
+    monkeypatch.setattr(services, "_HANDED_OUT", set())
+    monkeypatch.setattr(services.socket, "socket", Probe)
+    assert [services.free_port(), services.free_port()] == [41000, 41001]
