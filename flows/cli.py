@@ -306,7 +306,6 @@ app.add_typer(models.app, name="models")
 from flows import bootstrap, ingest, transfer  # noqa: E402  (flows: import Prefect)
 
 app.command(name="ingest")(user_errors(ingest.ingest_command))
-
 app.command(name="bootstrap")(user_errors(bootstrap.bootstrap_command))
 app.command(name="transfer")(user_errors(transfer.transfer_command))
 from flows import dlq  # noqa: E402

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import sys
 import time
-from dataclasses import asdict
 from typing import Annotated, Any
 
 import typer
@@ -49,7 +48,7 @@ def ingest(overrides: dict[str, Any] | None = None, progress: bool = False) -> d
     return {
         "topic": settings.topic,
         "batches": len(results),
-        **{key: sum(asdict(r)[key] for r in results) for key in COUNTS},
+        **{key: sum(getattr(r, key) for r in results) for key in COUNTS},
         "lag": results[-1].lag,
         "log_events": sum(segment.rows for segment in manifest.segments),
         "log_through": manifest.ingested_through,

@@ -13,14 +13,14 @@ from pathlib import Path
 from pydantic import Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from stackrec.continual import CycleConfig
 from stackrec.loop import LoopConfig
 from stackrec.registry import Registry
 from streaming.consumer import ConsumerConfig
 from streaming.kafka_config import KafkaConfig
 from streaming.redis_store import RedisConfig
 
-_CYCLE, _LOOP = CycleConfig(), LoopConfig()
+_LOOP = LoopConfig()
+_CYCLE = _LOOP.cycle
 
 
 class SettingsError(ValueError):

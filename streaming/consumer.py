@@ -375,15 +375,16 @@ def ingest_pending(
     A stream that outpaces ingest would never leave it caught up, so it also stops once it has
     read twice what was pending after its first batch; the rest waits for the next cycle."""
     results: list[IngestResult] = []
-    pending: int | None = None
+    read = 0
     with Ingestor(kafka, config, log) as ingestor:
         while True:
             result = ingestor.batch()
             results.append(result)
+            read += result.read
             if on_batch:
                 on_batch(result)
-            pending = result.read + result.lag if pending is None else pending
-            if result.lag == 0 or result.read == 0 or sum(r.read for r in results) >= 2 * pending:
+            pending = results[0].read + results[0].lag
+            if result.lag == 0 or result.read == 0 or read >= 2 * pending:
                 return results
 
 
